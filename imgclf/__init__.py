@@ -1,0 +1,1 @@
+"""Shared logic of the image-classification pipeline: the five stages under stages/ call into it."""

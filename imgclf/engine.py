@@ -1,0 +1,156 @@
+"""Training and inference loops: one epoch, logits over a loader, and fit() with early stopping on the best weights."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from imgclf.metrics import weighted_f1
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator for samplers and DataLoaders."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def loader_options(num_workers: int, device: torch.device) -> dict:
+    """DataLoader options shared by every stage: pinned memory on CUDA, workers kept alive."""
+    return {"num_workers": num_workers, "pin_memory": device.type == "cuda",
+            "persistent_workers": num_workers > 0}
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, scaler: torch.amp.GradScaler, desc: str = "train") -> float:
+    """One pass over `loader`; returns the mean training loss per image."""
+    model.train()
+    total, count = 0.0, 0
+    progress = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0)
+    for images, targets in progress:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device):
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        progress.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader, device: torch.device, desc: str = "predict"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and targets (on the CPU) for every batch of `loader`, in order."""
+    model.eval()
+    all_logits, all_targets = [], []
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0):
+        with autocast(device):
+            logits = model(images.to(device, non_blocking=True))
+        all_logits.append(logits.float().cpu())
+        all_targets.append(torch.as_tensor(targets))
+    if not all_logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+class EarlyStopping:
+    """Tracks the monitored value, keeps a copy of the best weights, and says when to stop."""
+
+    def __init__(self, patience: int, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+        self.patience = patience
+        self.mode = mode
+        self.best_value = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+
+    def update(self, value: float, model: nn.Module, epoch: int) -> bool:
+        """Record this epoch's value; copy the weights if it is the best so far. Returns improved?"""
+        improved = value < self.best_value if self.mode == "min" else value > self.best_value
+        if improved:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        """True once `patience` epochs in a row brought no improvement."""
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights back into `model` (the last epoch's are rarely the best)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+@dataclass
+class FitResult:
+    """What fit() reports: the best epoch, how many epochs ran, and per-epoch metrics."""
+
+    best_epoch: int
+    epochs_run: int
+    best_value: float
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(model: nn.Module, train_loader, val_loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler, *, epochs: int, patience: int, monitor: str, device: torch.device,
+        on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
+    """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights."""
+    stopper = EarlyStopping(patience, mode="min" if monitor == "val_loss" else "max")
+    # Loss scaling is needed only for fp16 autocast; bf16 and fp32 pass through unchanged.
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    history = []
+    for epoch in range(1, epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, device, scaler,
+                                     desc=f"epoch {epoch}/{epochs} train")
+        val_loss, val_f1 = validate(model, val_loader, device, desc=f"epoch {epoch}/{epochs} val")
+        scheduler.step()
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
+        history.append(metrics)
+        improved = stopper.update(metrics[monitor], model, epoch)
+        tqdm.write(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                   f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
+        on_epoch(metrics)
+        if stopper.should_stop:
+            tqdm.write(f"early stopping: no {monitor} improvement for {patience} epochs")
+            break
+    stopper.restore(model)
+    return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history),
+                     best_value=stopper.best_value, history=history)
+
+
+def validate(model: nn.Module, loader, device: torch.device, desc: str = "val") -> tuple[float, float]:
+    """Unweighted cross-entropy and weighted F1 of `model` on `loader`."""
+    logits, targets = predict_logits(model, loader, device, desc=desc)
+    loss = F.cross_entropy(logits, targets).item()
+    return loss, weighted_f1(targets.numpy(), logits.argmax(1).numpy())

@@ -1,0 +1,82 @@
+"""The evaluate and predict stages' logic: a saved model scored on the test split, or run over a folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from imgclf.artifacts import atomic_open
+from imgclf.checkpoint import load_checkpoint
+from imgclf.config import EvaluateConfig, PredictConfig
+from imgclf.data import ImageListDataset, TolerantImageDataset, list_images, read_classes, read_split
+from imgclf.engine import autocast, loader_options, predict_logits
+from imgclf.errors import DataError
+from imgclf.metrics import classification_metrics, report_text
+from imgclf.model import select_device
+from imgclf.transforms import eval_transform
+
+
+def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
+                   cfg: EvaluateConfig) -> tuple[dict, pd.DataFrame, str]:
+    """Score the model on the test split: (metrics, per-sample path/actual/predicted, text report)."""
+    device = select_device(cfg.device)
+    model, meta = load_checkpoint(model_path, device)
+    classes = meta["classes"]
+    if read_classes(classes_path) != classes:
+        raise DataError(f"{classes_path}: classes differ from those {model_path} was trained on; "
+                        f"retrain the model")
+    frame = read_split(test_csv, classes)
+    dataset = ImageListDataset(frame["path"], frame["target"],
+                               eval_transform(meta["image_size"], meta["mean"], meta["std"]))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                        **loader_options(cfg.num_workers, device))
+    logits, targets = predict_logits(model, loader, device, desc="evaluate")
+    predicted = logits.argmax(1).numpy()
+    loss = F.cross_entropy(logits, targets).item()
+    metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
+    samples = pd.DataFrame({"path": frame["path"], "actual": frame["label"],
+                            "predicted": [classes[i] for i in predicted]})
+    return metrics, samples, report_text(targets.numpy(), predicted, classes)
+
+
+def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, output_path: str | os.PathLike,
+                   cfg: PredictConfig) -> dict[str, int]:
+    """Classify every file under `input_dir`, streaming rows to `output_path`; returns ok/error counts."""
+    device = select_device(cfg.device)
+    model, meta = load_checkpoint(model_path, device)
+    classes: Sequence[str] = meta["classes"]
+    paths = list_images(input_dir)
+    dataset = TolerantImageDataset(paths, eval_transform(meta["image_size"], meta["mean"], meta["std"]),
+                                   meta["image_size"])
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                        **loader_options(cfg.num_workers, device))
+    counts = {"ok": 0, "error": 0}
+    with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "prediction", "confidence", *[f"prob_{c}" for c in classes], "status"])
+        position = 0
+        with torch.no_grad():
+            for images, errors in tqdm(loader, desc="predict", unit="batch", mininterval=1.0):
+                with autocast(device):
+                    logits = model(images.to(device, non_blocking=True))
+                probabilities = logits.float().softmax(1).cpu()
+                # Rows are written batch by batch: memory does not grow with the number of images.
+                for probs, error in zip(probabilities.tolist(), errors):
+                    path = paths[position]
+                    position += 1
+                    if error:
+                        counts["error"] += 1
+                        writer.writerow([path, "", "", *[""] * len(classes), error])
+                        continue
+                    best = max(range(len(classes)), key=probs.__getitem__)
+                    counts["ok"] += 1
+                    writer.writerow([path, classes[best], f"{probs[best]:.6f}",
+                                     *[f"{p:.6f}" for p in probs], "ok"])
+    return counts

@@ -1,0 +1,63 @@
+"""Class weights from label counts alone (the images are never decoded): the compute_weights schemes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Sequence
+
+import pandas as pd
+
+from imgclf.errors import DataError
+
+SCHEMES = ("inverse", "sqrt_inverse", "effective", "none")
+
+
+def count_labels(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
+    """Images per class, in `classes` order."""
+    counts = pd.Series(list(labels), dtype=object).value_counts()
+    return [int(counts.get(name, 0)) for name in classes]
+
+
+def class_weights(counts: Sequence[int], scheme: str, beta: float = 0.999) -> list[float]:
+    """Per-class weights for `counts` under `scheme`; every class must have at least one image."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown weight scheme {scheme!r}")
+    if any(c <= 0 for c in counts):
+        raise DataError("every class needs at least one training image to get a weight")
+    total = sum(counts)
+    if scheme == "inverse":  # the classic recipe: N / count
+        return [total / c for c in counts]
+    if scheme == "sqrt_inverse":
+        return [math.sqrt(total / c) for c in counts]
+    if scheme == "effective":
+        # Cui et al. 2019: weight = (1 - beta) / (1 - beta^n), rescaled to sum to the class count.
+        raw = [(1.0 - beta) / (1.0 - beta ** c) for c in counts]
+        return [w * len(counts) / sum(raw) for w in raw]
+    return [1.0] * len(counts)
+
+
+def weights_document(classes: Sequence[str], counts: Sequence[int], scheme: str, beta: float) -> dict:
+    """The content of weights.json: the scheme and, per class, its count and weight."""
+    weights = class_weights(counts, scheme, beta)
+    return {"scheme": scheme, "beta": beta,
+            "classes": {name: {"count": int(c), "weight": float(w)}
+                        for name, c, w in zip(classes, counts, weights)}}
+
+
+def read_weights(path: str | os.PathLike, classes: Sequence[str]) -> list[float]:
+    """Read weights.json and return the weights in `classes` order; the classes must match exactly."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+        per_class = document["classes"]
+        names = list(per_class)
+        weights = [float(per_class[name]["weight"]) for name in classes] if names == list(classes) else None
+    except FileNotFoundError:
+        raise DataError(f"{path}: class weights not found (run the compute_weights stage first)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{path}: malformed class weights file ({err})") from None
+    if weights is None:
+        raise DataError(f"{path}: its classes {names} differ from the split's classes {list(classes)}")
+    return weights

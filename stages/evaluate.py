@@ -1,0 +1,40 @@
+"""Stage `evaluate`: score models/model.pt on the test split; write metrics, per-sample results, a report."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
+
+from imgclf.artifacts import write_csv, write_json, write_text  # noqa: E402
+from imgclf.config import EvaluateConfig, load_section  # noqa: E402
+from imgclf.errors import stage_main  # noqa: E402
+from imgclf.inference import evaluate_model  # noqa: E402
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `evaluate` section, evaluate, write the reports."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
+    parser.add_argument("--model", default="models/model.pt", help="input: model checkpoint")
+    parser.add_argument("--split", default="data/split", help="input: test.csv and classes.json")
+    parser.add_argument("--metrics", default="reports/metrics.json", help="output: test metrics")
+    parser.add_argument("--samples", default="reports/test_predictions.csv",
+                        help="output: path,actual,predicted per test image (confusion plot)")
+    parser.add_argument("--report", default="reports/classification_report.txt",
+                        help="output: scikit-learn's text classification report")
+    args = parser.parse_args()
+    cfg = load_section(args.params, "evaluate", EvaluateConfig)
+    split = Path(args.split)
+    metrics, samples, report = evaluate_model(args.model, split / "test.csv", split / "classes.json", cfg)
+    write_json(args.metrics, metrics)
+    write_csv(args.samples, samples)
+    write_text(args.report, report)
+    print(report)
+    print(f"test accuracy {metrics['accuracy']:.4f}  f1_weighted {metrics['f1_weighted']:.4f}  "
+          f"f1_macro {metrics['f1_macro']:.4f}; wrote {args.metrics}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Stage `train`: fine-tune a torchvision model on the split, with early stopping; write models/model.pt."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
+
+from imgclf.config import TrainConfig, load_section  # noqa: E402
+from imgclf.data import read_classes  # noqa: E402
+from imgclf.errors import stage_main  # noqa: E402
+from imgclf.training import open_live, train_model  # noqa: E402
+from imgclf.weights import read_weights  # noqa: E402
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (section `train`)")
+    parser.add_argument("--split", default="data/split", help="input: train.csv, val.csv, classes.json")
+    parser.add_argument("--weights", default="data/weights.json", help="input: class weights")
+    parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
+    parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
+    args = parser.parse_args()
+    cfg = load_section(args.params, "train", TrainConfig)
+    split = Path(args.split)
+    classes = read_classes(split / "classes.json")
+    class_weights = read_weights(args.weights, classes)
+
+    # dvc.yaml is written by hand and declares these metrics and plots itself.
+    with open_live(args.live) as live:
+        def log_epoch(metrics: dict) -> None:
+            for name in ("train_loss", "val_loss", "val_f1", "lr"):
+                live.log_metric(name, metrics[name])
+            live.next_step()
+
+        result = train_model(cfg, split / "train.csv", split / "val.csv", classes, class_weights,
+                             args.model, on_epoch=log_epoch)
+        best = result.history[result.best_epoch - 1]
+        # The summary describes the model that was saved (the best epoch), not the last one.
+        live.summary.update({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                             "train_loss": best["train_loss"], "val_loss": best["val_loss"],
+                             "val_f1": best["val_f1"], "lr": best["lr"]})
+
+
+if __name__ == "__main__":
+    main()

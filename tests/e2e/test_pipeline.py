@@ -1,0 +1,169 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a tiny demo dataset in a temporary git repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = str(Path(sys.executable).with_name("dvc"))
+TINY = {
+    "demo": {"num_classes": 3, "max_per_class": 24, "imbalance": 2.0, "image_size": 16},
+    "train": {"image_size": 16, "batch_size": 16, "epochs": 2, "device": "cpu"},
+    "evaluate": {"device": "cpu"},
+    "predict": {"device": "cpu"},
+}
+
+
+def sh(args, cwd, check=True):
+    """Run a command in the temporary repository; fail with its output if it fails."""
+    # Stage commands call `python`: make it this interpreter, as an activated venv does.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(repo, changes):
+    """Rewrite params.yaml with nested `changes` applied."""
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        data[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def stale_stages(repo):
+    """Names of the stages `dvc status` reports as changed."""
+    return sorted(json.loads(sh([DVC, "status", "--json"], repo).stdout))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro`."""
+    repo = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "imgclf"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(repo, TINY)
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    sh([DVC, "config", "core.analytics", "false"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "pipeline"], repo)
+    result = sh([DVC, "repro"], repo)
+    for stage in ("demo", "split", "compute_weights", "train", "evaluate", "predict"):
+        assert f"Running stage '{stage}'" in result.stdout
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+def test_repro_writes_every_artifact(repo):
+    classes = json.loads((repo / "data/split/classes.json").read_text())
+    assert classes == ["0", "1", "2"]
+    splits = {n: pd.read_csv(repo / f"data/split/{n}.csv", dtype=str) for n in ("train", "val", "test")}
+    for frame in splits.values():
+        assert list(frame.columns) == ["path", "label"] and set(frame["label"]) == set(classes)
+    labeled = sorted(p.as_posix() for p in (repo / "data/raw").rglob("*.png"))
+    assert sorted(pd.concat(splits.values())["path"].map(lambda p: (repo / p).as_posix())) == labeled
+
+    weights = json.loads((repo / "data/weights.json").read_text())
+    counts = splits["train"]["label"].value_counts()
+    assert {k: v["count"] for k, v in weights["classes"].items()} == counts.to_dict()
+
+    import torch
+    checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
+    assert checkpoint["classes"] == classes and checkpoint["arch"] == "resnet18"
+    assert checkpoint["params"]["epochs"] == 2 and 1 <= checkpoint["best_epoch"] <= 2
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for key in ("accuracy", "f1_weighted", "f1_macro", "precision_weighted", "recall_weighted", "loss"):
+        assert 0 <= metrics[key] <= (1 if key != "loss" else 100)
+    assert set(metrics["classes"]) == set(classes)
+    assert sum(c["support"] for c in metrics["classes"].values()) == len(splits["test"])
+    samples = pd.read_csv(repo / "reports/test_predictions.csv", dtype=str)
+    assert list(samples.columns) == ["path", "actual", "predicted"] and len(samples) == len(splits["test"])
+    assert "precision" in (repo / "reports/classification_report.txt").read_text()
+
+    predictions = pd.read_csv(repo / "reports/predictions.csv", dtype=str)
+    unlabeled = list((repo / "data/predict").iterdir())
+    assert len(predictions) == len(unlabeled) > 0 and set(predictions["status"]) == {"ok"}
+    assert list(predictions.columns) == ["path", "prediction", "confidence", "prob_0", "prob_1", "prob_2", "status"]
+
+    live = json.loads((repo / "dvclive/metrics.json").read_text())
+    assert live["epochs_run"] == 2 and live["best_epoch"] == checkpoint["best_epoch"]
+    history = pd.read_csv(repo / "dvclive/plots/metrics/val_loss.tsv", sep="\t")
+    assert len(history) == 2
+
+
+def test_nothing_changed_runs_nothing(repo):
+    result = sh([DVC, "repro"], repo)
+    assert "Running stage" not in result.stdout
+    assert stale_stages(repo) == []
+
+
+def test_each_param_and_module_makes_only_its_readers_stale(repo):
+    """`dvc status` names the stages whose own params or code changed (their downstream reruns too)."""
+    original = (repo / "params.yaml").read_text()
+    try:
+        for changes, stale in [({"train": {"lr": 0.002}}, ["train"]),
+                               ({"evaluate": {"batch_size": 64}}, ["evaluate"]),
+                               ({"predict": {"batch_size": 8}}, ["predict"]),
+                               ({"split": {"seed": 7}}, ["split"]),
+                               ({"compute_weights": {"scheme": "none"}}, ["compute_weights"])]:
+            set_params(repo, changes)
+            assert stale_stages(repo) == stale, changes
+            (repo / "params.yaml").write_text(original)
+        (repo / "imgclf/weights.py").write_text((repo / "imgclf/weights.py").read_text() + "\n# touched\n")
+        assert stale_stages(repo) == ["compute_weights", "train"]
+    finally:
+        (repo / "params.yaml").write_text(original)
+        sh(["git", "checkout", "--", "imgclf/weights.py"], repo)
+    assert stale_stages(repo) == []
+
+
+def test_experiment_reruns_only_training_and_reports_the_change(repo):
+    result = sh([DVC, "exp", "run", "-S", "train.lr=0.01"], repo)
+    for stage in ("demo", "split", "compute_weights"):
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+        assert f"Running stage '{stage}'" not in result.stdout
+    for stage in ("train", "evaluate", "predict"):
+        assert f"Running stage '{stage}'" in result.stdout
+
+    params = json.loads(sh([DVC, "params", "diff", "--json"], repo).stdout)
+    lr = params["params.yaml"]["train.lr"]
+    assert (lr["old"], lr["new"]) == (0.0005, 0.01)
+    metrics = json.loads(sh([DVC, "metrics", "diff", "--json"], repo).stdout)
+    assert "reports/metrics.json" in metrics and "dvclive/metrics.json" in metrics
+    assert metrics["dvclive/metrics.json"]["train_loss"]["diff"] != 0
+
+    shown = json.loads(sh([DVC, "exp", "show", "--json"], repo).stdout)
+    assert "f1_macro" in json.dumps(shown) and "0.01" in json.dumps(shown)
+
+    out = repo / "plots_html"
+    sh([DVC, "plots", "show", "-o", str(out)], repo)
+    html = (out / "index.html").read_text()
+    for title in ("Loss per epoch", "Test confusion matrix"):
+        assert title in html
+
+
+def test_bad_param_stops_the_pipeline_with_one_line(repo):
+    original = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, {"train": {"lr": -1}})
+        result = sh([DVC, "repro", "train"], repo, check=False)
+        assert result.returncode != 0
+        assert "error: params.yaml: train.lr: must be > 0, got -1.0" in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr + result.stdout
+    finally:
+        (repo / "params.yaml").write_text(original)

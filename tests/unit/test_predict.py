@@ -1,0 +1,54 @@
+"""The predict stage: streaming rows, error rows for unreadable files, empty folders."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tests.conftest import write_png
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_predict(model, folder, output, cwd):
+    """Run the predict script outside DVC, as a user would."""
+    return subprocess.run([sys.executable, str(ROOT / "stages/predict.py"), "--params", str(ROOT / "params.yaml"),
+                           "--model", str(model), "--input", str(folder), "--output", str(output)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_predicts_every_file_and_marks_unreadable_ones(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "incoming"
+    for i in range(5):
+        write_png(folder / "nested" / f"img{i}.png", i, size=20 + i)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run_predict(tiny_checkpoint, folder, tmp_path / "out.csv", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "predicted 5 images (1 unreadable" in result.stdout
+    frame = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(frame.columns) == ["path", "prediction", "confidence", "prob_a", "prob_b", "prob_c", "status"]
+    assert len(frame) == 6
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["prediction"]) <= {"a", "b", "c"}
+    probs = ok[["prob_a", "prob_b", "prob_c"]].astype(float)
+    assert ((probs.sum(axis=1) - 1).abs() < 1e-4).all()
+    assert (ok["confidence"].astype(float) == probs.max(axis=1)).all()
+    broken = frame[frame["path"].str.endswith("broken.jpg")].iloc[0]
+    assert broken["status"].startswith("error:") and broken["prediction"] == ""
+
+
+def test_empty_folder_gives_header_only(tmp_path, tiny_checkpoint):
+    (tmp_path / "empty").mkdir()
+    result = run_predict(tiny_checkpoint, tmp_path / "empty", tmp_path / "out.csv", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no files found" in result.stdout
+    assert (tmp_path / "out.csv").read_text() == "path,prediction,confidence,prob_a,prob_b,prob_c,status\n"
+
+
+def test_missing_model_is_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "in").mkdir()
+    result = run_predict(tmp_path / "nope.pt", tmp_path / "in", tmp_path / "out.csv", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.pt'}: model file not found (run the train stage first)"
+    assert not (tmp_path / "out.csv").exists()
