@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -9,17 +10,18 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageOps
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from imgclf.errors import DataError
 
+# torchvision's ImageFolder extensions plus GIF (first frame). Written out rather than imported:
+# importing torch would triple the split stage's start-up time and memory. A test keeps them in step.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # Folders that tools and operating systems create beside real data; never classes.
 SYSTEM_FOLDERS = {"__MACOSX", "__pycache__", "lost+found", "$RECYCLE.BIN", "System Volume Information"}
 # Transparent pixels are composited on white: scans and product photos have white paper behind them.
@@ -112,14 +114,43 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
     return scan
 
 
-def find_problems(paths: Sequence[str], workers: int | None = None) -> list[str | None]:
-    """Decode every file (in parallel processes) and return image_problem() for each."""
+def inspect_file(path: str) -> tuple[str | None, str]:
+    """(why the file is unusable or None, SHA-256 of its bytes): one worker task of the split stage."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        return f"unreadable file: {err.strerror}", ""
+    return image_problem(path), digest.hexdigest()
+
+
+def inspect_files(paths: Sequence[str], workers: int | None = None) -> list[tuple[str | None, str]]:
+    """inspect_file() for every path, decoding in parallel processes on all cores."""
     workers = workers or os.cpu_count() or 1
     progress = dict(total=len(paths), desc="validate images", unit="img", mininterval=1.0)
     if workers == 1 or len(paths) < 64:
-        return [image_problem(p) for p in tqdm(paths, **progress)]
+        return [inspect_file(p) for p in tqdm(paths, **progress)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(image_problem, paths, chunksize=32), **progress))
+        return list(tqdm(pool.imap(inspect_file, paths, chunksize=32), **progress))
+
+
+def find_label_conflicts(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(path, reason) for byte-identical files filed under different classes: their label is unknowable."""
+    labels_by_digest: dict[str, set[str]] = {}
+    first_path: dict[tuple[str, str], str] = {}
+    for path, label, digest in sorted(items):
+        labels_by_digest.setdefault(digest, set()).add(label)
+        first_path.setdefault((digest, label), path)
+    conflicts = []
+    for path, label, digest in items:
+        labels = labels_by_digest[digest]
+        if len(labels) > 1:
+            others = ", ".join(f"{first_path[(digest, other)]} in class '{other}'"
+                               for other in sorted(labels - {label}))
+            conflicts.append((path, f"label conflict: identical to {others}"))
+    return conflicts
 
 
 def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
@@ -130,26 +161,68 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
 
 
 def stratified_split(files: Sequence[tuple[str, str]], classes: Sequence[str], val: float, test: float,
-                     seed: int) -> dict[str, pd.DataFrame]:
-    """Split (path, class) pairs per class into train/val/test frames of `path,label`, deterministically."""
-    by_class: dict[str, list[str]] = {c: [] for c in classes}
+                     seed: int, groups: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """Split (path, class) pairs per class into train/val/test frames of `path,label`, deterministically.
+
+    Files that share a `groups` key (byte-identical copies) always land in the same split, so a
+    duplicate can never leak from train into test; fractions then count groups, not files.
+    """
+    by_class: dict[str, dict[str, list[str]]] = {c: {} for c in classes}
     for path, label in files:
-        by_class[label].append(path)
+        key = groups.get(path, path) if groups else path
+        by_class[label].setdefault(key, []).append(path)
     parts: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
     for label in classes:
-        paths = sorted(by_class[label])
-        n_train, n_val, n_test = split_counts(len(paths), val, test)
+        units = sorted(sorted(paths) for paths in by_class[label].values())
+        n_train, n_val, n_test = split_counts(len(units), val, test)
         if n_train < 1:
-            raise DataError(f"class '{label}' has {len(paths)} valid image(s); at least 3 are needed "
-                            f"so that train, val and test each get one")
+            raise DataError(f"class '{label}' has {len(units)} valid distinct image(s); at least 3 are "
+                            f"needed so that train, val and test each get one")
         # Seeded per class by name, so that adding a class does not reshuffle the others.
         rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
-        order = [paths[i] for i in rng.permutation(len(paths))]
-        parts["val"] += [(p, label) for p in order[:n_val]]
-        parts["test"] += [(p, label) for p in order[n_val:n_val + n_test]]
-        parts["train"] += [(p, label) for p in order[n_val + n_test:]]
+        order = [units[i] for i in rng.permutation(len(units))]
+        for name, chosen in (("val", order[:n_val]), ("test", order[n_val:n_val + n_test]),
+                             ("train", order[n_val + n_test:])):
+            parts[name] += [(path, label) for unit in chosen for path in unit]
     return {name: pd.DataFrame(sorted(rows, key=lambda r: (classes.index(r[1]), r[0])),
                                columns=["path", "label"]) for name, rows in parts.items()}
+
+
+@dataclass
+class SplitResult:
+    """What the split stage writes: class order, the three splits, and every rejected file."""
+
+    classes: list[str]
+    parts: dict[str, pd.DataFrame]
+    rejected: pd.DataFrame
+
+
+def split_image_folder(root: str | os.PathLike, val: float, test: float, seed: int,
+                       workers: int | None = None) -> SplitResult:
+    """Scan `root`, decode every image, drop bad files and label conflicts, split the rest by class.
+
+    Train gets whatever val and test leave of each class.
+    """
+    scan = scan_image_folder(root)
+    inspected = inspect_files([path for path, _ in scan.candidates], workers)
+    rejected = list(scan.rejected)
+    valid = []
+    for (path, label), (problem, digest) in zip(scan.candidates, inspected):
+        if problem is None:
+            valid.append((path, label, digest))
+        else:
+            rejected.append((path, problem))
+    conflicts = find_label_conflicts(valid)
+    rejected += conflicts
+    conflicted = {path for path, _ in conflicts}
+    valid = [item for item in valid if item[0] not in conflicted]
+    found = {label for _, label, _ in valid}
+    for name in scan.classes:
+        if name not in found:
+            raise DataError(f"{Path(root) / name}: class folder has no valid image")
+    parts = stratified_split([(p, label) for p, label, _ in valid], scan.classes, val, test, seed,
+                             groups={p: digest for p, _, digest in valid})
+    return SplitResult(scan.classes, parts, pd.DataFrame(sorted(rejected), columns=["path", "reason"]))
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:
@@ -182,41 +255,6 @@ def read_split(path: str | os.PathLike, classes: Sequence[str]) -> pd.DataFrame:
         raise DataError(f"{path}: label(s) {', '.join(unknown[:5])} are not among the model's classes")
     frame["target"] = frame["label"].map(index).astype("int64")
     return frame
-
-
-class ImageListDataset(torch.utils.data.Dataset):
-    """Images from a list of paths with integer targets, each decoded by load_image and transformed."""
-
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable):
-        self.paths = list(paths)
-        self.targets = list(targets)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        return self.transform(load_image(self.paths[index])), self.targets[index]
-
-
-class TolerantImageDataset(torch.utils.data.Dataset):
-    """Images for prediction: an unreadable file yields a blank tensor and its error, not an exception."""
-
-    def __init__(self, paths: Sequence[str], transform: Callable, image_size: int):
-        self.paths = list(paths)
-        self.transform = transform
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.transform(load_image(self.paths[index])), ""
-        except Exception as err:  # reported in the predictions file's status column
-            message = str(err).splitlines()[0] if str(err) else ""
-            blank = torch.zeros(3, self.image_size, self.image_size)
-            return blank, f"error: {type(err).__name__}: {message}".rstrip(": ")
 
 
 def list_images(root: str | os.PathLike) -> list[str]:

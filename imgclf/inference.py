@@ -15,7 +15,8 @@ from tqdm import tqdm
 from imgclf.artifacts import atomic_open
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import EvaluateConfig, PredictConfig
-from imgclf.data import ImageListDataset, TolerantImageDataset, list_images, read_classes, read_split
+from imgclf.data import list_images, read_classes, read_split
+from imgclf.datasets import ImageListDataset, TolerantImageDataset
 from imgclf.engine import autocast, loader_options, predict_logits
 from imgclf.errors import DataError
 from imgclf.metrics import classification_metrics, report_text

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import TrainConfig
-from imgclf.data import ImageListDataset, read_split
+from imgclf.data import read_split
+from imgclf.datasets import ImageListDataset
 from imgclf.engine import FitResult, fit, loader_options, seed_everything
 from imgclf.model import build_model, select_device
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform

@@ -6,12 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
 
-import pandas as pd  # noqa: E402
-
 from imgclf.artifacts import write_csv, write_json  # noqa: E402
 from imgclf.config import SplitConfig, load_section  # noqa: E402
-from imgclf.data import find_problems, scan_image_folder, stratified_split  # noqa: E402
-from imgclf.errors import DataError, stage_main  # noqa: E402
+from imgclf.data import split_image_folder  # noqa: E402
+from imgclf.errors import stage_main  # noqa: E402
 
 
 @stage_main
@@ -24,24 +22,18 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_section(args.params, "split", SplitConfig)
 
-    scan = scan_image_folder(args.raw)
-    problems = find_problems([path for path, _ in scan.candidates])
-    valid = [item for item, problem in zip(scan.candidates, problems) if problem is None]
-    rejected = scan.rejected + [(path, problem) for (path, _), problem in zip(scan.candidates, problems)
-                                if problem is not None]
-    found = {label for _, label in valid}
-    for name in scan.classes:
-        if name not in found:
-            raise DataError(f"{Path(args.raw) / name}: class folder has no valid image")
-    parts = stratified_split(valid, scan.classes, cfg.val, cfg.test, cfg.seed)
+    result = split_image_folder(args.raw, cfg.val, cfg.test, cfg.seed)
 
     out = Path(args.out)
-    for name, frame in parts.items():
+    for name, frame in result.parts.items():
         write_csv(out / f"{name}.csv", frame)
-    write_csv(out / "rejected.csv", pd.DataFrame(sorted(rejected), columns=["path", "reason"]))
-    write_json(out / "classes.json", scan.classes)
-    sizes = ", ".join(f"{name} {len(frame)}" for name, frame in parts.items())
-    print(f"{len(scan.classes)} classes; {sizes}; rejected {len(rejected)} (see {out / 'rejected.csv'})")
+    write_csv(out / "rejected.csv", result.rejected)
+    write_json(out / "classes.json", result.classes)
+    sizes = ", ".join(f"{name} {len(frame)}" for name, frame in result.parts.items())
+    reasons = result.rejected["reason"].str.split(":").str[0].value_counts()
+    why = "".join(f"\n  {count} {reason}" for reason, count in reasons.items())
+    print(f"{len(result.classes)} classes; {sizes}; rejected {len(result.rejected)} "
+          f"(listed in {out / 'rejected.csv'}){why}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def image_folder(tmp_path: Path) -> Path:
     root = tmp_path / "raw"
     for label, count in (("a", 12), ("b", 8), ("c", 5)):
         for i in range(count):
-            write_png(root / label / f"{label}{i:02d}.png", "abc".index(label) * 10 + i)
+            write_png(root / label / f"{label}{i:02d}.png", "abc".index(label) * 100 + i)
     return root
 
 

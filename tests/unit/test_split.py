@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from imgclf.data import (find_problems, image_problem, read_split, scan_image_folder, split_counts,
+from imgclf.data import (image_problem, inspect_file, inspect_files, read_split, scan_image_folder, split_counts,
                          stratified_split)
 from imgclf.errors import DataError
 from tests.conftest import write_png
@@ -38,6 +38,16 @@ def test_scan_lists_classes_sorted_and_ignores_hidden(image_folder):
     assert reasons[(image_folder / "a" / ".DS_Store").as_posix()] == "hidden file"
     assert reasons[(image_folder / ".ipynb_checkpoints").as_posix()].startswith("hidden")
     assert not any(".ipynb_checkpoints/" in p for p in paths)
+
+
+def test_extensions_cover_torchvisions_and_split_does_not_import_torch():
+    from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION
+
+    from imgclf.data import IMG_EXTENSIONS
+    assert set(TORCHVISION) | {".gif"} == set(IMG_EXTENSIONS)
+    code = f"import sys, runpy; sys.argv = ['split', '--help']; sys.path.insert(0, {str(ROOT)!r})\n" \
+           f"import imgclf.data, imgclf.artifacts, imgclf.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_missing_or_empty_raw_folder_is_an_error(tmp_path):
@@ -77,7 +87,7 @@ def test_adding_a_class_does_not_reshuffle_the_others():
 
 def test_too_few_images_is_a_clear_error():
     assert split_counts(3, 0.15, 0.15) == (1, 1, 1)
-    with pytest.raises(DataError, match="class 'b' has 2 valid image"):
+    with pytest.raises(DataError, match="class .b. has 2 valid distinct image"):
         stratified_split([(f"a/{i}", "a") for i in range(9)] + [("b/1", "b"), ("b/2", "b")],
                          ["a", "b"], 0.15, 0.15, 0)
 
@@ -94,7 +104,8 @@ def test_image_problem_decodes_fully(tmp_path):
     assert image_problem(tmp_path / "page.jpg").startswith("UnidentifiedImageError")
     # The parallel path gives the same answers as the serial one.
     paths = [str(tmp_path / n) for n in ("good.png", "truncated.png", "empty.jpg", "page.jpg")] * 20
-    assert find_problems(paths, workers=2) == [image_problem(p) for p in paths]
+    assert inspect_files(paths, workers=2) == [inspect_file(p) for p in paths]
+    assert [problem for problem, _ in inspect_files(paths, workers=1)] == [image_problem(p) for p in paths]
 
 
 def test_split_stage_writes_whole_byte_identical_outputs(tmp_path, image_folder):
