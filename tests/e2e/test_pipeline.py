@@ -167,3 +167,80 @@ def test_bad_param_stops_the_pipeline_with_one_line(repo):
         assert "Traceback" not in result.stderr + result.stdout
     finally:
         (repo / "params.yaml").write_text(original)
+
+
+def test_misspelt_experiment_key_fails_clearly(repo):
+    result = sh([DVC, "exp", "run", "-S", "train.lrr=0.1"], repo, check=False)
+    assert result.returncode != 0
+    assert "train.lrr" in result.stderr + result.stdout
+
+
+def test_repro_on_a_dirty_folder_trains_on_the_good_images_and_reports_the_rest(tmp_path):
+    from tests.unit.test_bad_images import encoded, mode_images, photo, png_header_only
+    from tests.conftest import write_png
+
+    repo = tmp_path / "dirty"
+    repo.mkdir()
+    for name in ("params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "imgclf"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    del pipeline["stages"]["demo"]  # the user's own data instead of the demo
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    set_params(repo, {**TINY, "train": {**TINY["train"], "epochs": 1}})
+
+    raw = repo / "data/raw"
+    for k, label in enumerate(("cat", "dog", "owl")):
+        for i in range(8):
+            write_png(raw / label / f"{label}{i}.png", 100 * k + i)
+    bad = {"cat/empty.jpg": b"", "cat/page.jpg": b"<html>moved</html>",
+           "dog/half.jpg": encoded(photo((128, 128)), "JPEG")[:2000],
+           "dog/bomb.png": None, "owl/notes.txt": b"field notes"}
+    for name, data in bad.items():
+        if data is None:
+            png_header_only(raw / name, 100_000, 100_000)
+        else:
+            (raw / name).write_bytes(data)
+    for name, data in mode_images():  # every mode, in one class
+        (raw / "owl" / name).write_bytes(data)
+    (raw / "cat" / "cat0_copy.png").write_bytes((raw / "cat/cat0.png").read_bytes())  # duplicate in class
+    (raw / "dog" / "looks_like_owl.png").write_bytes((raw / "owl/owl3.png").read_bytes())  # conflict
+    write_png(raw / ".ipynb_checkpoints" / "x.png", 5)
+    write_png(raw / "__MACOSX" / "cat" / "x.png", 6)
+    predict = repo / "data/predict"
+    for i in range(3):
+        write_png(predict / f"new{i}.png", 50 + i)
+    (predict / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (predict / "cmyk.jpg").write_bytes(mode_images()[0][1])
+
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    sh([DVC, "repro"], repo)
+
+    classes = json.loads((repo / "data/split/classes.json").read_text())
+    assert classes == ["cat", "dog", "owl"]
+    rejected = pd.read_csv(repo / "data/split/rejected.csv")
+    reasons = {Path(p).relative_to(raw).as_posix() if Path(p).is_relative_to(raw) else p: r
+               for p, r in zip(rejected["path"].map(lambda p: repo / p), rejected["reason"])}
+    assert reasons["cat/empty.jpg"] == "empty file"
+    assert reasons["cat/page.jpg"].startswith("UnidentifiedImageError")
+    assert "truncated" in reasons["dog/half.jpg"].lower()
+    assert reasons["dog/bomb.png"].startswith("DecompressionBombError")
+    assert reasons["owl/notes.txt"] == "unsupported file extension"
+    assert reasons["dog/looks_like_owl.png"].startswith("label conflict")
+    assert reasons["owl/owl3.png"].startswith("label conflict")
+    assert reasons[".ipynb_checkpoints"] == reasons["__MACOSX"] == "hidden or system folder, skipped"
+    assert len(reasons) == 9
+    splits = pd.concat(pd.read_csv(repo / f"data/split/{n}.csv").assign(split=n) for n in ("train", "val", "test"))
+    modes = {Path(p).name for p in splits["path"]} & {name for name, _ in mode_images()}
+    assert modes == {name for name, _ in mode_images()}  # every mode was accepted and trained on
+    where = dict(zip(splits["path"].map(lambda p: Path(p).name), splits["split"]))
+    assert where["cat0.png"] == where["cat0_copy.png"]
+
+    predictions = pd.read_csv(repo / "reports/predictions.csv", keep_default_na=False)
+    status = dict(zip(predictions["path"].map(lambda p: Path(p).name), predictions["status"]))
+    assert status["broken.jpg"].startswith("error:") and status["cmyk.jpg"] == "ok"
+    assert sum(s == "ok" for s in status.values()) == 4
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(metrics["classes"]) == {"cat", "dog", "owl"}
