@@ -90,7 +90,7 @@ def test_split_peak_memory_on_bombs_stays_bounded(tmp_path, image_folder):
                           "--out", str(tmp_path / "split")], capture_output=True, text=True, check=True)
     peak_mib = int(out.stdout) / 1024
     print(f"split peak RSS with 8 bomb headers: {peak_mib:.0f} MiB")
-    assert peak_mib < 1024  # one bomb decoded would need 28,610 MiB
+    assert peak_mib < 512  # one bomb decoded would need 28,610 MiB; measured here: 76 MiB
     rejected = pd.read_csv(tmp_path / "split" / "rejected.csv")
     assert len(rejected) == 8 and rejected["reason"].str.startswith("DecompressionBomb").all()
 
