@@ -52,3 +52,16 @@ def test_missing_model_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: {tmp_path / 'nope.pt'}: model file not found (run the train stage first)"
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_evaluate_refuses_a_model_trained_on_other_classes(tmp_path, tiny_checkpoint):
+    from imgclf.config import EvaluateConfig
+    from imgclf.errors import DataError
+    from imgclf.inference import evaluate_model
+    import pytest
+
+    (tmp_path / "classes.json").write_text('["a", "b", "d"]')
+    (tmp_path / "test.csv").write_text("path,label\nx.png,a\n")
+    with pytest.raises(DataError, match="classes differ from those"):
+        evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json",
+                       EvaluateConfig(batch_size=2, num_workers=0, device="cpu"))
