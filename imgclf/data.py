@@ -65,6 +65,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(oriented)
 
 
+def describe_error(err: Exception) -> str:
+    """`ErrorType: first line of its message`, for a one-line report of why a file failed."""
+    message = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {message}".rstrip(": ")
+
+
 def image_problem(path: str | os.PathLike) -> str | None:
     """Return why `path` cannot be used as an image (one line), or None if it decodes fully."""
     try:
@@ -72,8 +78,7 @@ def image_problem(path: str | os.PathLike) -> str | None:
             return "empty file"
         load_image(path)
     except Exception as err:  # any decoder failure is a property of the file, reported not raised
-        message = str(err).splitlines()[0] if str(err) else ""
-        return f"{type(err).__name__}: {message}".rstrip(": ")
+        return describe_error(err)
     return None
 
 

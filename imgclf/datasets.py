@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from imgclf.data import load_image
+from imgclf.data import describe_error, load_image
 
 
 class ImageListDataset(torch.utils.data.Dataset):
@@ -39,6 +39,4 @@ class TolerantImageDataset(torch.utils.data.Dataset):
         try:
             return self.transform(load_image(self.paths[index])), ""
         except Exception as err:  # reported in the predictions file's status column
-            message = str(err).splitlines()[0] if str(err) else ""
-            blank = torch.zeros(3, self.image_size, self.image_size)
-            return blank, f"error: {type(err).__name__}: {message}".rstrip(": ")
+            return torch.zeros(3, self.image_size, self.image_size), f"error: {describe_error(err)}"

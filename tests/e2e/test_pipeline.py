@@ -46,18 +46,24 @@ def stale_stages(repo):
     return sorted(json.loads(sh([DVC, "status", "--json"], repo).stdout))
 
 
+def new_project(repo: Path, pipeline: dict) -> None:
+    """Copy the pipeline's code and params into `repo` with `pipeline` as dvc.yaml; git and DVC init."""
+    for name in ("params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "imgclf"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    sh([DVC, "config", "core.analytics", "false"], repo)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro`."""
     repo = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for folder in ("stages", "imgclf"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    new_project(repo, yaml.safe_load((ROOT / "dvc.yaml").read_text()))
     set_params(repo, TINY)
-    sh(["git", "init", "-q"], repo)
-    sh([DVC, "init", "-q"], repo)
-    sh([DVC, "config", "core.analytics", "false"], repo)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
     result = sh([DVC, "repro"], repo)
@@ -181,13 +187,9 @@ def test_repro_on_a_dirty_folder_trains_on_the_good_images_and_reports_the_rest(
 
     repo = tmp_path / "dirty"
     repo.mkdir()
-    for name in ("params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for folder in ("stages", "imgclf"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     del pipeline["stages"]["demo"]  # the user's own data instead of the demo
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    new_project(repo, pipeline)
     set_params(repo, {**TINY, "train": {**TINY["train"], "epochs": 1}})
 
     raw = repo / "data/raw"
@@ -214,8 +216,6 @@ def test_repro_on_a_dirty_folder_trains_on_the_good_images_and_reports_the_rest(
     (predict / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (predict / "cmyk.jpg").write_bytes(mode_images()[0][1])
 
-    sh(["git", "init", "-q"], repo)
-    sh([DVC, "init", "-q"], repo)
     sh([DVC, "repro"], repo)
 
     classes = json.loads((repo / "data/split/classes.json").read_text())
