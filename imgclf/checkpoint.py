@@ -11,6 +11,7 @@ from torch import nn
 from imgclf.artifacts import atomic_open
 from imgclf.errors import DataError
 from imgclf.model import build_model
+from imgclf.transforms import memory_format
 
 FORMAT = "imgclf.checkpoint/1"
 METADATA_KEYS = ("arch", "classes", "image_size", "mean", "std", "dropout", "params", "best_epoch",
@@ -55,4 +56,5 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         raise DataError(f"{path}: weights do not match {data['arch']} with {len(classes)} classes "
                         f"({str(err).splitlines()[0][:200]})") from None
     metadata = {key: value for key, value in data.items() if key not in ("state_dict", "format")}
-    return model.to(device).eval(), metadata
+    device = torch.device(device)
+    return model.to(device, memory_format=memory_format(device)).eval(), metadata

@@ -72,12 +72,19 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class DecodeConfig:
+    """Params of the `decode` stage: the resolution the train and val images are decoded at, once."""
+
+    image_size: int = _doc("side in pixels that images are resized to (for training and inference)",
+                           ge=8, le=1024)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Params of the `train` stage."""
 
     arch: str = _doc("any torchvision classification model name (resnet18, efficientnet_b0, ...)")
     pretrained: str = _doc("none | default (torchvision's weights) | path to a local weights file")
-    image_size: int = _doc("side in pixels that images are resized to", ge=8, le=1024)
     batch_size: int = _doc("images per training step", ge=1)
     epochs: int = _doc("maximum number of epochs", ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = _doc("optimizer")
@@ -92,7 +99,8 @@ class TrainConfig:
     balance: Literal["sampler", "loss", "none"] = _doc(
         "sampler: WeightedRandomSampler; loss: weighted CrossEntropyLoss; none")
     augment: AugmentConfig = _doc("training augmentation")
-    num_workers: int = _doc("DataLoader worker processes (0 = load in the main process)", ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _doc(
+        "auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere; bf16/fp16 force autocast")
     seed: int = _doc("seed of weights init, sampling and augmentation", ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _doc("auto: cuda, then mps, then cpu")
 

@@ -14,9 +14,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import PIL
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from imgclf.artifacts import write_json
 from imgclf.errors import DataError
 
 # torchvision's ImageFolder extensions plus GIF (first frame). Written out rather than imported:
@@ -53,13 +55,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Fully decode an image file to RGB with its EXIF orientation applied (first frame if animated)."""
+def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """Fully decode an image file to RGB with its EXIF orientation applied (first frame if animated).
+
+    With `draft_size`, a JPEG may be decoded at a reduced scale, never below draft_size on either side.
+    """
     with warnings.catch_warnings():
         # A header that declares a huge image is refused before its pixels are allocated.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
             img.seek(0)
+            if draft_size:
+                img.draft(None, (draft_size, draft_size))  # a no-op for formats other than JPEG
             img.load()
             oriented = ImageOps.exif_transpose(img)
             return to_rgb(oriented)
@@ -131,14 +138,70 @@ def inspect_file(path: str) -> tuple[str | None, str]:
     return image_problem(path), digest.hexdigest()
 
 
-def inspect_files(paths: Sequence[str], workers: int | None = None) -> list[tuple[str | None, str]]:
-    """inspect_file() for every path, decoding in parallel processes on all cores."""
+def inspect_files(paths: Sequence[str], workers: int | None = None,
+                  cache_path: str | os.PathLike | None = None) -> list[tuple[str | None, str]]:
+    """inspect_file() for every path, decoding in parallel processes on all cores.
+
+    With `cache_path`, a file whose path, size and modification time match the cache's record is not
+    read again (the test that make and DVC trust too); the cache is then rewritten for `paths`.
+    """
+    cache = read_validation_cache(cache_path) if cache_path else {}
+    results: list[tuple[str | None, str] | None] = [None] * len(paths)
+    signatures: dict[int, tuple[int, int]] = {}
+    todo = []
+    for index, path in enumerate(paths):
+        try:
+            stat = os.stat(path)
+            signatures[index] = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            pass  # inspect_file reports it
+        record = cache.get(path)
+        if record is not None and index in signatures and tuple(record[:2]) == signatures[index]:
+            results[index] = (record[3], record[2])
+        else:
+            todo.append(index)
+    if cache_path:
+        tqdm.write(f"validate images: {len(todo)} new or changed, {len(paths) - len(todo)} unchanged "
+                   f"since the last run ({cache_path})")
+    for index, result in zip(todo, _inspect_all([paths[i] for i in todo], workers)):
+        results[index] = result
+    if cache_path:
+        write_validation_cache(cache_path, {
+            path: [*signatures[i], results[i][1], results[i][0]]
+            for i, path in enumerate(paths) if i in signatures and results[i][1]})
+    return results  # type: ignore[return-value]
+
+
+def _inspect_all(paths: Sequence[str], workers: int | None) -> list[tuple[str | None, str]]:
+    """inspect_file() over `paths`, in a process pool when there is enough work to share."""
     workers = workers or os.cpu_count() or 1
     progress = dict(total=len(paths), desc="validate images", unit="img", mininterval=1.0)
     if workers == 1 or len(paths) < 64:
         return [inspect_file(p) for p in tqdm(paths, **progress)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return list(tqdm(pool.imap(inspect_file, paths, chunksize=32), **progress))
+
+
+# The cache is valid only for the same decoder and the same validation rules.
+VALIDATION_CACHE_KEY = f"imgclf.validation/1 Pillow {PIL.__version__}"
+
+
+def read_validation_cache(path: str | os.PathLike) -> dict[str, list]:
+    """{path: [size, mtime_ns, sha256, problem or None]} from an earlier split run; {} if absent or stale."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache only costs time
+    if not isinstance(data, dict) or data.get("key") != VALIDATION_CACHE_KEY:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_validation_cache(path: str | os.PathLike, entries: dict[str, list]) -> None:
+    """Write the validation cache atomically."""
+    write_json(path, {"key": VALIDATION_CACHE_KEY, "entries": entries})
 
 
 def find_label_conflicts(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
@@ -203,13 +266,13 @@ class SplitResult:
 
 
 def split_image_folder(root: str | os.PathLike, val: float, test: float, seed: int,
-                       workers: int | None = None) -> SplitResult:
+                       workers: int | None = None, cache_path: str | os.PathLike | None = None) -> SplitResult:
     """Scan `root`, decode every image, drop bad files and label conflicts, split the rest by class.
 
     Train gets whatever val and test leave of each class.
     """
     scan = scan_image_folder(root)
-    inspected = inspect_files([path for path, _ in scan.candidates], workers)
+    inspected = inspect_files([path for path, _ in scan.candidates], workers, cache_path)
     rejected = list(scan.rejected)
     valid = []
     for (path, label), (problem, digest) in zip(scan.candidates, inspected):

@@ -1,35 +1,40 @@
-"""torch Datasets over image paths, decoding with data.load_image: shared by train, evaluate and predict."""
+"""Where batches come from: image files (evaluate, predict) or the decode stage's arrays (train).
+
+All of them yield uint8 images at the model's resolution, prepared by transforms.load_resized;
+transforms.ModelInput turns a batch into model input on the device.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
-from imgclf.data import describe_error, load_image
+from imgclf.data import describe_error
+from imgclf.transforms import load_resized
 
 
 class ImageListDataset(torch.utils.data.Dataset):
-    """Images from a list of paths with integer targets, each decoded by load_image and transformed."""
+    """Images from a list of paths with integer targets, as uint8 3 x S x S tensors."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable):
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], image_size: int):
         self.paths = list(paths)
         self.targets = list(targets)
-        self.transform = transform
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return self.transform(load_image(self.paths[index])), self.targets[index]
+        return load_resized(self.paths[index], self.image_size), self.targets[index]
 
 
 class TolerantImageDataset(torch.utils.data.Dataset):
-    """Images for prediction: an unreadable file yields a blank tensor and its error, not an exception."""
+    """Images for prediction: an unreadable file yields a blank image and its error, not an exception."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable, image_size: int):
+    def __init__(self, paths: Sequence[str], image_size: int):
         self.paths = list(paths)
-        self.transform = transform
         self.image_size = image_size
 
     def __len__(self) -> int:
@@ -37,6 +42,37 @@ class TolerantImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return self.transform(load_image(self.paths[index])), ""
+            return load_resized(self.paths[index], self.image_size), ""
         except Exception as err:  # reported in the predictions file's status column
-            return torch.zeros(3, self.image_size, self.image_size), f"error: {describe_error(err)}"
+            blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+            return blank, f"error: {describe_error(err)}"
+
+
+class DecodedBatches:
+    """(uint8 images, targets) batches gathered from a decoded N x 3 x S x S array, one copy per batch.
+
+    The index lists come from a torch BatchSampler, so that a WeightedRandomSampler or a shuffle
+    draws exactly as it would inside a DataLoader; what goes is the per-image fetch and collate.
+    """
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], batch_sampler: Iterable[list[int]],
+                 pin_memory: bool = False):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = torch.from_numpy(np.array(targets, dtype=np.int64))  # a copy: pandas columns are read-only
+        self.batch_sampler = batch_sampler
+        self.pin_memory = pin_memory
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in self.batch_sampler:
+            index = np.asarray(indices, dtype=np.int64)
+            # Fancy indexing copies the rows out of the memory map into one contiguous batch.
+            images = torch.from_numpy(self.images[index])
+            targets = self.targets[index]
+            if self.pin_memory:  # page-locked memory lets the copy to the GPU run asynchronously
+                images, targets = images.pin_memory(), targets.pin_memory()
+            yield images, targets

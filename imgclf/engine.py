@@ -7,7 +7,7 @@ import copy
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,49 +27,70 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def loader_options(num_workers: int, device: torch.device) -> dict:
-    """DataLoader options shared by every stage: pinned memory on CUDA, workers kept alive."""
+    """DataLoader options shared by evaluate and predict: pinned memory on CUDA, workers kept alive."""
     return {"num_workers": num_workers, "pin_memory": device.type == "cuda",
             "persistent_workers": num_workers > 0}
 
 
-def autocast(device: torch.device):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a `precision` param: auto is bf16 (or fp16) on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, scaler: torch.amp.GradScaler, desc: str = "train") -> float:
-    """One pass over `loader`; returns the mean training loss per image."""
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision as `precision` says (see autocast_dtype); a no-op context for fp32."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def identity(images: torch.Tensor) -> torch.Tensor:
+    """No augmentation."""
+    return images
+
+
+def train_one_epoch(model: nn.Module, loader: Batches, prepare: Callable, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device, scaler: torch.amp.GradScaler,
+                    precision: str = "auto", augment: Callable = identity, desc: str = "train") -> float:
+    """One pass over `loader` (uint8 batches, made model input by `prepare`); returns the mean loss per image."""
     model.train()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     progress = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0)
-    for images, targets in progress:
-        images = images.to(device, non_blocking=True)
+    for step, (images, targets) in enumerate(progress, 1):
+        images = augment(prepare(images))
         targets = targets.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item() * len(targets)
+        # Summed on the device: reading a loss back every step would stall a GPU's queue.
+        total += loss.detach() * len(targets)
         count += len(targets)
-        progress.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
+        if step % 20 == 0:
+            progress.set_postfix(loss=f"{total.item() / count:.4f}", refresh=False)
+    return total.item() / max(count, 1)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader, device: torch.device, desc: str = "predict"
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and targets (on the CPU) for every batch of `loader`, in order."""
+def predict_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
+                   precision: str = "auto", desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and targets (on the CPU) for every uint8 batch of `loader`, in order."""
     model.eval()
     all_logits, all_targets = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0):
-        with autocast(device):
-            logits = model(images.to(device, non_blocking=True))
+        with autocast(device, precision):
+            logits = model(prepare(images))
         all_logits.append(logits.float().cpu())
         all_targets.append(torch.as_tensor(targets))
     if not all_logits:
@@ -121,19 +142,22 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def fit(model: nn.Module, train_loader, val_loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-        scheduler, *, epochs: int, patience: int, monitor: str, device: torch.device,
+def fit(model: nn.Module, train_loader: Batches, val_loader: Batches, prepare: Callable, criterion: nn.Module,
+        optimizer: torch.optim.Optimizer, scheduler, *, epochs: int, patience: int, monitor: str,
+        device: torch.device, precision: str = "auto", augment: Callable = identity,
         on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
     """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights."""
     stopper = EarlyStopping(patience, mode="min" if monitor == "val_loss" else "max")
-    # Loss scaling is needed only for fp16 autocast; bf16 and fp32 pass through unchanged.
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    # Loss scaling is needed only for fp16 on CUDA; bf16 and fp32 pass through unchanged.
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda"
+                                  and autocast_dtype(precision, device) == torch.float16)
     history = []
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, device, scaler,
-                                     desc=f"epoch {epoch}/{epochs} train")
-        val_loss, val_f1 = validate(model, val_loader, device, desc=f"epoch {epoch}/{epochs} val")
+        train_loss = train_one_epoch(model, train_loader, prepare, criterion, optimizer, device, scaler,
+                                     precision, augment, desc=f"epoch {epoch}/{epochs} train")
+        val_loss, val_f1 = validate(model, val_loader, prepare, device, precision,
+                                    desc=f"epoch {epoch}/{epochs} val")
         scheduler.step()
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
         history.append(metrics)
@@ -149,8 +173,9 @@ def fit(model: nn.Module, train_loader, val_loader, criterion: nn.Module, optimi
                      best_value=stopper.best_value, history=history)
 
 
-def validate(model: nn.Module, loader, device: torch.device, desc: str = "val") -> tuple[float, float]:
+def validate(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
+             precision: str = "auto", desc: str = "val") -> tuple[float, float]:
     """Unweighted cross-entropy and weighted F1 of `model` on `loader`."""
-    logits, targets = predict_logits(model, loader, device, desc=desc)
+    logits, targets = predict_logits(model, loader, prepare, device, precision, desc=desc)
     loss = F.cross_entropy(logits, targets).item()
     return loss, weighted_f1(targets.numpy(), logits.argmax(1).numpy())

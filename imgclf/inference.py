@@ -21,7 +21,7 @@ from imgclf.engine import autocast, loader_options, predict_logits
 from imgclf.errors import DataError
 from imgclf.metrics import classification_metrics, report_text
 from imgclf.model import select_device
-from imgclf.transforms import eval_transform
+from imgclf.transforms import ModelInput
 
 
 def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
@@ -34,11 +34,12 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
         raise DataError(f"{classes_path}: classes differ from those {model_path} was trained on; "
                         f"retrain the model")
     frame = read_split(test_csv, classes)
-    dataset = ImageListDataset(frame["path"], frame["target"],
-                               eval_transform(meta["image_size"], meta["mean"], meta["std"]))
+    # The test images are decoded from their files, exactly as predict decodes new images.
+    dataset = ImageListDataset(frame["path"], frame["target"], meta["image_size"])
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
-    logits, targets = predict_logits(model, loader, device, desc="evaluate")
+    prepare = ModelInput(meta["mean"], meta["std"], device)
+    logits, targets = predict_logits(model, loader, prepare, device, desc="evaluate")
     predicted = logits.argmax(1).numpy()
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
@@ -54,10 +55,10 @@ def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, 
     model, meta = load_checkpoint(model_path, device)
     classes: Sequence[str] = meta["classes"]
     paths = list_images(input_dir)
-    dataset = TolerantImageDataset(paths, eval_transform(meta["image_size"], meta["mean"], meta["std"]),
-                                   meta["image_size"])
+    dataset = TolerantImageDataset(paths, meta["image_size"])
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
+    prepare = ModelInput(meta["mean"], meta["std"], device)
     counts = {"ok": 0, "error": 0}
     with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -66,7 +67,7 @@ def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, 
         with torch.no_grad():
             for images, errors in tqdm(loader, desc="predict", unit="batch", mininterval=1.0):
                 with autocast(device):
-                    logits = model(images.to(device, non_blocking=True))
+                    logits = model(prepare(images))
                 probabilities = logits.float().softmax(1).cpu()
                 # Rows are written batch by batch: memory does not grow with the number of images.
                 for probs, error in zip(probabilities.tolist(), errors):

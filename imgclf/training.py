@@ -1,4 +1,4 @@
-"""The train stage's logic: datasets over the split CSVs, balancing, optimizer, scheduler, fit, checkpoint."""
+"""The train stage's logic: batches from the decoded split, balancing, optimizer, scheduler, fit, checkpoint."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import dataclasses
 import os
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data import read_split
-from imgclf.datasets import ImageListDataset
-from imgclf.engine import FitResult, fit, loader_options, seed_everything
+from imgclf.datasets import DecodedBatches
+from imgclf.decode import open_decoded, read_meta
+from imgclf.engine import FitResult, autocast_dtype, fit, seed_everything
 from imgclf.model import build_model, select_device
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, memory_format
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -28,43 +30,48 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_train_loader(dataset: ImageListDataset, cfg: TrainConfig, class_weights: Sequence[float],
-                      generator: torch.Generator, device: torch.device) -> DataLoader:
-    """Batches of training images; with balance=sampler, drawn by a WeightedRandomSampler."""
-    # A last batch of one image breaks BatchNorm in training mode; drop it only in that case.
-    options = {"batch_size": cfg.batch_size, "generator": generator,
-               "drop_last": len(dataset) % cfg.batch_size == 1 and len(dataset) > 1,
-               **loader_options(cfg.num_workers, device)}
+def make_train_batches(images: np.ndarray, targets: Sequence[int], cfg: TrainConfig,
+                       class_weights: Sequence[float], generator: torch.Generator,
+                       device: torch.device) -> DecodedBatches:
+    """Training batches; with balance=sampler, drawn by a WeightedRandomSampler (with replacement)."""
     if cfg.balance == "sampler":
         # Per-sample weights from the known targets: no image is decoded to find its label.
-        sample_weights = torch.tensor([class_weights[t] for t in dataset.targets], dtype=torch.double)
-        sampler = WeightedRandomSampler(sample_weights, num_samples=len(dataset), replacement=True,
+        sample_weights = torch.tensor([class_weights[t] for t in targets], dtype=torch.double)
+        sampler = WeightedRandomSampler(sample_weights, num_samples=len(targets), replacement=True,
                                         generator=generator)
-        return DataLoader(dataset, sampler=sampler, **options)
-    return DataLoader(dataset, shuffle=True, **options)
+    else:
+        sampler = RandomSampler(range(len(targets)), generator=generator)
+    # A last batch of one image breaks BatchNorm in training mode; drop it only in that case.
+    drop_last = len(targets) % cfg.batch_size == 1 and len(targets) > 1
+    return DecodedBatches(images, targets, BatchSampler(sampler, cfg.batch_size, drop_last),
+                          pin_memory=device.type == "cuda")
 
 
-def make_datasets(cfg: TrainConfig, train_frame, val_frame) -> tuple[ImageListDataset, ImageListDataset]:
-    """Separate datasets for the two splits: validation never sees training augmentation."""
-    train_set = ImageListDataset(train_frame["path"], train_frame["target"],
-                                 train_transform(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, cfg.augment))
-    val_set = ImageListDataset(val_frame["path"], val_frame["target"],
-                               eval_transform(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD))
-    return train_set, val_set
+def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int,
+                     device: torch.device) -> DecodedBatches:
+    """Validation batches in file order, never augmented."""
+    return DecodedBatches(images, targets, BatchSampler(SequentialSampler(range(len(targets))), batch_size, False),
+                          pin_memory=device.type == "cuda")
 
 
 def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | os.PathLike,
-                classes: Sequence[str], class_weights: Sequence[float], model_path: str | os.PathLike,
+                decoded_dir: str | os.PathLike, classes: Sequence[str], class_weights: Sequence[float],
+                model_path: str | os.PathLike,
                 on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
-    """Train `cfg.arch` on the split, keep the best epoch's weights, and write them to `model_path`."""
+    """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`."""
     device = select_device(cfg.device)
     generator = seed_everything(cfg.seed)
-    train_set, val_set = make_datasets(cfg, read_split(train_csv, classes), read_split(val_csv, classes))
-    train_loader = make_train_loader(train_set, cfg, class_weights, generator, device)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                            **loader_options(cfg.num_workers, device))
+    train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
+    image_size = read_meta(decoded_dir)["image_size"]
+    train_batches = make_train_batches(open_decoded(decoded_dir, "train", train_frame["path"]),
+                                       train_frame["target"], cfg, class_weights, generator, device)
+    val_batches = make_val_batches(open_decoded(decoded_dir, "val", val_frame["path"]), val_frame["target"],
+                                   cfg.batch_size, device)
+    prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
+    augment = BatchRandomAffine(cfg.augment, prepare.fill(), generator)
 
-    model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained).to(device)
+    model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
+    model = model.to(device, memory_format=memory_format(device))
     loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=loss_weights)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -72,11 +79,13 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
-    print(f"training {cfg.arch} on {device} with {len(train_set)} train / {len(val_set)} val images, "
+    print(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
+          f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
           f"{len(classes)} classes")
-    result = fit(model, train_loader, val_loader, criterion, optimizer, scheduler, epochs=cfg.epochs,
-                 patience=cfg.patience, monitor=cfg.monitor, device=device, on_epoch=on_epoch)
-    save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=cfg.image_size,
+    result = fit(model, train_batches, val_batches, prepare, criterion, optimizer, scheduler, epochs=cfg.epochs,
+                 patience=cfg.patience, monitor=cfg.monitor, device=device, precision=cfg.precision,
+                 augment=augment, on_epoch=on_epoch)
+    save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                     params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                     epochs_run=result.epochs_run)

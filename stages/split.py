@@ -19,10 +19,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section `split`)")
     parser.add_argument("--raw", default="data/raw", help="input: one sub-folder of images per class")
     parser.add_argument("--out", default="data/split", help="output folder for the CSVs and classes.json")
+    parser.add_argument("--validation-cache", default=".cache/split_validation.json",
+                        help="what earlier runs found per file (not a DVC output: a lost cache only costs time)")
     args = parser.parse_args()
     cfg = load_section(args.params, "split", SplitConfig)
 
-    result = split_image_folder(args.raw, cfg.val, cfg.test, cfg.seed)
+    result = split_image_folder(args.raw, cfg.val, cfg.test, cfg.seed, cache_path=args.validation_cache)
 
     out = Path(args.out)
     for name, frame in result.parts.items():

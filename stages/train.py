@@ -1,4 +1,4 @@
-"""Stage `train`: fine-tune a torchvision model on the split, with early stopping; write models/model.pt."""
+"""Stage `train`: fine-tune a torchvision model on the decoded split, with early stopping; write models/model.pt."""
 
 import argparse
 import sys
@@ -19,6 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (section `train`)")
     parser.add_argument("--split", default="data/split", help="input: train.csv, val.csv, classes.json")
+    parser.add_argument("--decoded", default="data/decoded", help="input: the decode stage's images")
     parser.add_argument("--weights", default="data/weights.json", help="input: class weights")
     parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
     parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
@@ -35,7 +36,7 @@ def main() -> None:
                 live.log_metric(name, metrics[name])
             live.next_step()
 
-        result = train_model(cfg, split / "train.csv", split / "val.csv", classes, class_weights,
+        result = train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights,
                              args.model, on_epoch=log_epoch)
         best = result.history[result.best_epoch - 1]
         # The summary describes the model that was saved (the best epoch), not the last one.

@@ -43,3 +43,23 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=0.1,
                     params={"lr": 0.001}, best_epoch=1, epochs_run=1)
     return path
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, image_folder: Path) -> Path:
+    """What the train stage reads, on disk: split/*.csv, classes.json, weights.json, decoded/ at 16 px."""
+    import json
+
+    from imgclf.data import split_image_folder
+    from imgclf.decode import decode_split
+
+    result = split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1)
+    split = tmp_path / "split"
+    split.mkdir()
+    for name, frame in result.parts.items():
+        frame.to_csv(split / f"{name}.csv", index=False)
+    (split / "classes.json").write_text(json.dumps(result.classes))
+    (tmp_path / "weights.json").write_text(json.dumps(
+        {"classes": {c: {"count": 1, "weight": 1.0} for c in result.classes}}))
+    decode_split(split, tmp_path / "decoded", 16, workers=1)
+    return tmp_path

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).with_name("dvc"))
 TINY = {
     "demo": {"num_classes": 3, "max_per_class": 24, "imbalance": 2.0, "image_size": 16},
-    "train": {"image_size": 16, "batch_size": 16, "epochs": 2, "device": "cpu"},
+    "decode": {"image_size": 16},
+    "train": {"batch_size": 16, "epochs": 2, "device": "cpu"},
     "evaluate": {"device": "cpu"},
     "predict": {"device": "cpu"},
 }
@@ -67,7 +68,7 @@ def repo(tmp_path_factory):
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
     result = sh([DVC, "repro"], repo)
-    for stage in ("demo", "split", "compute_weights", "train", "evaluate", "predict"):
+    for stage in ("demo", "split", "decode", "compute_weights", "train", "evaluate", "predict"):
         assert f"Running stage '{stage}'" in result.stdout
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline"], repo)
@@ -91,6 +92,10 @@ def test_repro_writes_every_artifact(repo):
     checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
     assert checkpoint["classes"] == classes and checkpoint["arch"] == "resnet18"
     assert checkpoint["params"]["epochs"] == 2 and 1 <= checkpoint["best_epoch"] <= 2
+    assert checkpoint["image_size"] == 16  # decode.image_size, used by evaluate and predict too
+    decoded = json.loads((repo / "data/decoded/meta.json").read_text())
+    assert {k: v["count"] for k, v in decoded["splits"].items()} == {"train": len(splits["train"]),
+                                                                    "val": len(splits["val"])}
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     for key in ("accuracy", "f1_weighted", "f1_macro", "precision_weighted", "recall_weighted", "loss"):
@@ -126,6 +131,7 @@ def test_each_param_and_module_makes_only_its_readers_stale(repo):
                                ({"evaluate": {"batch_size": 64}}, ["evaluate"]),
                                ({"predict": {"batch_size": 8}}, ["predict"]),
                                ({"split": {"seed": 7}}, ["split"]),
+                               ({"decode": {"image_size": 24}}, ["decode"]),
                                ({"compute_weights": {"scheme": "none"}}, ["compute_weights"])]:
             set_params(repo, changes)
             assert stale_stages(repo) == stale, changes
@@ -140,7 +146,7 @@ def test_each_param_and_module_makes_only_its_readers_stale(repo):
 
 def test_experiment_reruns_only_training_and_reports_the_change(repo):
     result = sh([DVC, "exp", "run", "-S", "train.lr=0.01"], repo)
-    for stage in ("demo", "split", "compute_weights"):
+    for stage in ("demo", "split", "decode", "compute_weights"):
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
         assert f"Running stage '{stage}'" not in result.stdout
     for stage in ("train", "evaluate", "predict"):

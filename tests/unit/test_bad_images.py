@@ -16,8 +16,8 @@ from PIL import Image
 
 from imgclf.data import image_problem, load_image, split_image_folder
 from imgclf.datasets import ImageListDataset, TolerantImageDataset
+from imgclf.decode import decode_images
 from imgclf.errors import DataError
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,12 +122,12 @@ def test_every_mode_gives_the_same_rgb_tensor_in_train_evaluate_and_predict(tmp_
     path.write_bytes(data)
     assert image_problem(path) is None
     assert load_image(path).mode == "RGB"
-    transform = eval_transform(24, IMAGENET_MEAN, IMAGENET_STD)
-    train_eval_tensor, _ = ImageListDataset([str(path)], [0], transform)[0]  # train's val set and evaluate
-    predict_tensor, error = TolerantImageDataset([str(path)], transform, 24)[0]
-    assert error == "" and train_eval_tensor.shape == (3, 24, 24)
-    assert torch.equal(train_eval_tensor, predict_tensor)
-    assert torch.isfinite(train_eval_tensor).all()
+    evaluate_tensor, _ = ImageListDataset([str(path)], [0], 24)[0]
+    predict_tensor, error = TolerantImageDataset([str(path)], 24)[0]
+    decode_images([str(path)], 24, tmp_path / "decoded.npy", workers=1)  # what train reads
+    train_tensor = torch.from_numpy(np.load(tmp_path / "decoded.npy")[0])
+    assert error == "" and evaluate_tensor.shape == (3, 24, 24) and evaluate_tensor.dtype == torch.uint8
+    assert torch.equal(evaluate_tensor, predict_tensor) and torch.equal(evaluate_tensor, train_tensor)
 
 
 def test_16bit_grey_is_scaled_not_clipped(tmp_path):
@@ -150,9 +150,8 @@ def test_exif_orientation_same_in_train_and_predict(tmp_path):
     exif[0x0112] = 8  # rotate 270 on display
     (tmp_path / "o.jpg").write_bytes(encoded(photo((60, 20)), "JPEG", exif=exif))
     assert load_image(tmp_path / "o.jpg").size == (20, 60)
-    transform = eval_transform(16, IMAGENET_MEAN, IMAGENET_STD)
-    assert torch.equal(ImageListDataset([str(tmp_path / "o.jpg")], [0], transform)[0][0],
-                       TolerantImageDataset([str(tmp_path / "o.jpg")], transform, 16)[0][0])
+    assert torch.equal(ImageListDataset([str(tmp_path / "o.jpg")], [0], 16)[0][0],
+                       TolerantImageDataset([str(tmp_path / "o.jpg")], 16)[0][0])
 
 
 def test_animated_gif_uses_first_frame(tmp_path):

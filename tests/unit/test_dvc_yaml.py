@@ -14,7 +14,8 @@ from imgclf import config
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 SECTIONS = {"demo": config.DemoConfig, "split": config.SplitConfig,
-            "compute_weights": config.ComputeWeightsConfig, "train": config.TrainConfig,
+            "decode": config.DecodeConfig, "compute_weights": config.ComputeWeightsConfig,
+            "train": config.TrainConfig,
             "evaluate": config.EvaluateConfig, "predict": config.PredictConfig}
 
 IMPORTED = """
@@ -27,7 +28,7 @@ print(json.dumps(sorted(m.__file__ for name, m in sys.modules.items() if name.sp
 
 
 def test_stage_names_match_scripts_and_sections():
-    assert list(DVC["stages"]) == ["demo", "split", "compute_weights", "train", "evaluate", "predict"]
+    assert list(DVC["stages"]) == ["demo", "split", "decode", "compute_weights", "train", "evaluate", "predict"]
     for name, stage in DVC["stages"].items():
         assert stage["cmd"].startswith(f"python stages/{name}.py ")
         assert (ROOT / "stages" / f"{name}.py").exists()

@@ -4,6 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,9 +13,9 @@ from torch.utils.data import WeightedRandomSampler
 from imgclf import engine
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import TrainConfig, load_section
-from imgclf.data import scan_image_folder, stratified_split
 from imgclf.engine import EarlyStopping, fit
-from imgclf.training import make_datasets, make_train_loader, train_model
+from imgclf.errors import DataError
+from imgclf.training import make_train_batches, make_val_batches, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_config(**changes) -> TrainConfig:
     """The repository's train params, shrunk for a test."""
     cfg = load_section(ROOT / "params.yaml", "train", TrainConfig)
-    return dataclasses.replace(cfg, image_size=16, batch_size=8, device="cpu", **changes)
+    return dataclasses.replace(cfg, batch_size=8, device="cpu", **changes)
 
 
 def test_early_stopping_counts_patience_and_keeps_best():
@@ -53,7 +54,7 @@ def test_fit_returns_the_best_epochs_weights_not_the_last(monkeypatch):
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    result = fit(model, data, data, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=10, patience=3,
+    result = fit(model, data, data, lambda x: x, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=10, patience=3,
                  monitor="val_loss", device=torch.device("cpu"), on_epoch=on_epoch)
     assert (result.best_epoch, result.epochs_run) == (2, 5)
     assert [round(h["lr"], 4) for h in result.history] == [0.5, 0.25, 0.125, 0.0625, 0.0312]
@@ -62,55 +63,72 @@ def test_fit_returns_the_best_epochs_weights_not_the_last(monkeypatch):
     assert not torch.equal(final["1.weight"], snapshots[5]["1.weight"])
 
 
-def split_frames(image_folder):
-    scan = scan_image_folder(image_folder)
-    parts = stratified_split(scan.candidates, scan.classes, 0.2, 0.2, seed=0)
-    return scan.classes, parts
-
-
-def test_validation_never_sees_training_augmentation(image_folder):
-    classes, parts = split_frames(image_folder)
-    train_set, val_set = make_datasets(tiny_config(), read_split_frame(parts["train"], classes),
-                                       read_split_frame(parts["val"], classes))
+def test_augmentation_reaches_training_batches_only():
     torch.manual_seed(0)
-    assert torch.equal(val_set[0][0], val_set[0][0])
-    assert not torch.equal(train_set[0][0], train_set[0][0])  # rotation/translate/scale are on
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    train = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))] * 3
+    val = [(torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1]))] * 2
+    seen = []
+
+    def augment(images):
+        seen.append(images.shape[0])
+        return images
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    fit(model, train, val, lambda x: x, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=2, patience=5,
+        monitor="val_loss", device=torch.device("cpu"), augment=augment)
+    assert seen == [4] * 6  # 3 training batches x 2 epochs; the 5-image validation batches never
 
 
-def read_split_frame(frame, classes):
-    frame = frame.copy()
-    frame["target"] = frame["label"].map({c: i for i, c in enumerate(classes)})
-    return frame
-
-
-def test_sampler_balances_classes(image_folder):
-    classes, parts = split_frames(image_folder)
+def test_sampler_balances_classes():
+    targets = [0] * 12 + [1] * 8 + [2] * 5
+    images = np.zeros((len(targets), 3, 4, 4), dtype=np.uint8)
     cfg = tiny_config()
-    train_set, _ = make_datasets(cfg, read_split_frame(parts["train"], classes),
-                                 read_split_frame(parts["val"], classes))
-    counts = [train_set.targets.count(k) for k in range(3)]
-    weights = [sum(counts) / c for c in counts]
-    loader = make_train_loader(train_set, cfg, weights, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert isinstance(loader.sampler, WeightedRandomSampler)
-    drawn = [train_set.targets[i] for _ in range(200) for i in loader.sampler]
-    shares = torch.bincount(torch.tensor(drawn), minlength=3).float() / len(drawn)
+    weights = [25 / 12, 25 / 8, 25 / 5]
+    batches = make_train_batches(images, targets, cfg, weights, torch.Generator().manual_seed(0),
+                                 torch.device("cpu"))
+    assert isinstance(batches.batch_sampler.sampler, WeightedRandomSampler)
+    drawn = torch.cat([t for _ in range(200) for _, t in batches])
+    shares = torch.bincount(drawn, minlength=3).float() / len(drawn)
     assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.05)  # raw shares are 0.48/0.32/0.2
-    assert not isinstance(make_train_loader(train_set, dataclasses.replace(cfg, balance="none"), weights,
-                                            torch.Generator(), torch.device("cpu")).sampler,
-                          WeightedRandomSampler)
+    plain = make_train_batches(images, targets, dataclasses.replace(cfg, balance="none"), weights,
+                               torch.Generator(), torch.device("cpu"))
+    assert not isinstance(plain.batch_sampler.sampler, WeightedRandomSampler)
+    once = torch.cat([t for _, t in plain]).tolist()
+    # Each image at most once; 25 = 3 x 8 + 1, and a lone last image is dropped (BatchNorm needs 2).
+    assert len(once) == 24 and all(once.count(k) <= targets.count(k) for k in range(3))
+
+
+def test_batches_gather_the_right_rows():
+    images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1).repeat(3, 1)
+    batches = make_val_batches(images, [0, 1, 2, 0, 1, 2], batch_size=4, device=torch.device("cpu"))
+    got = list(batches)
+    assert len(batches) == 2 and [len(t) for _, t in got] == [4, 2]
+    assert got[1][0][:, 0, 0, 0].tolist() == [4, 5] and got[1][1].tolist() == [1, 2]
+    assert got[0][0].dtype == torch.uint8
 
 
 @pytest.mark.parametrize("balance", ["sampler", "loss"])
-def test_train_model_writes_best_checkpoint(tmp_path, image_folder, balance):
-    classes, parts = split_frames(image_folder)
-    for name, frame in parts.items():
-        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+def test_train_model_writes_best_checkpoint(prepared, balance):
+    classes = json.loads((prepared / "split/classes.json").read_text())
     epochs = []
     cfg = tiny_config(epochs=2, balance=balance)
-    result = train_model(cfg, tmp_path / "train.csv", tmp_path / "val.csv", classes, [1.0, 2.0, 3.0],
-                         tmp_path / "model.pt", on_epoch=epochs.append)
+    result = train_model(cfg, prepared / "split/train.csv", prepared / "split/val.csv", prepared / "decoded",
+                         classes, [1.0, 2.0, 3.0], prepared / "model.pt", on_epoch=epochs.append)
     assert [m["epoch"] for m in epochs] == [1, 2] and result.epochs_run == 2
-    model, meta = load_checkpoint(tmp_path / "model.pt")
+    model, meta = load_checkpoint(prepared / "model.pt")
     assert meta["best_epoch"] == result.best_epoch and meta["classes"] == classes
+    assert meta["image_size"] == 16  # from the decode stage
     assert meta["params"]["balance"] == balance and meta["params"]["augment"]["hflip"] is False
     json.dumps(meta)  # metadata is plain data
+
+
+def test_train_refuses_a_decoded_folder_from_another_split(prepared):
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    val = (prepared / "split/val.csv").read_text().splitlines()
+    (prepared / "split/val.csv").write_text("\n".join(val[:-1]) + "\n")  # one image fewer
+    with pytest.raises(DataError, match=r"decoded/val.npy: decoded from another val split"):
+        train_model(tiny_config(epochs=1), prepared / "split/train.csv", prepared / "split/val.csv",
+                    prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
+    assert not (prepared / "model.pt").exists()

@@ -1,6 +1,5 @@
 """Faults: SIGKILL during training never leaves a half-written model.pt; CPU runs are deterministic."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import yaml
 
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import EvaluateConfig
-from imgclf.data import split_image_folder
 from imgclf.inference import evaluate_model
 from imgclf.training import train_model
 from tests.unit.test_engine import tiny_config
@@ -24,26 +22,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def prepared(tmp_path, image_folder):
-    """A split, weights and tiny params on disk, as the train stage expects them."""
-    result = split_image_folder(image_folder, 0.2, 0.2, seed=0)
-    split = tmp_path / "split"
-    split.mkdir()
-    for name, frame in result.parts.items():
-        frame.to_csv(split / f"{name}.csv", index=False)
-    (split / "classes.json").write_text(json.dumps(result.classes))
-    (tmp_path / "weights.json").write_text(json.dumps(
-        {"classes": {c: {"count": 1, "weight": 1.0} for c in result.classes}}))
+def prepared(prepared):
+    """The shared prepared folder plus a params.yaml with tiny train params."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(image_size=16, batch_size=8, epochs=3, device="cpu")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return tmp_path
+    params["train"].update(batch_size=8, epochs=3, device="cpu")
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    return prepared
 
 
 def start_train(workdir: Path) -> subprocess.Popen:
     """Start the real train stage script."""
     return subprocess.Popen([sys.executable, str(ROOT / "stages/train.py"), "--params", "params.yaml",
-                             "--split", "split", "--weights", "weights.json", "--model", "models/model.pt",
+                             "--split", "split", "--decoded", "decoded", "--weights", "weights.json", "--model", "models/model.pt",
                              "--live", "live"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -85,8 +75,8 @@ def test_two_cpu_runs_give_equal_weights_and_metrics(prepared):
     runs = []
     for n in range(2):
         model_path = prepared / f"model{n}.pt"
-        train_model(dataclasses.replace(tiny_config(epochs=2), num_workers=1), prepared / "split/train.csv",
-                    prepared / "split/val.csv", classes, [1.0, 2.0, 3.0], model_path)
+        train_model(tiny_config(epochs=2), prepared / "split/train.csv", prepared / "split/val.csv",
+                    prepared / "decoded", classes, [1.0, 2.0, 3.0], model_path)
         metrics, samples, _ = evaluate_model(model_path, prepared / "split/test.csv",
                                              prepared / "split/classes.json",
                                              EvaluateConfig(batch_size=4, num_workers=0, device="cpu"))

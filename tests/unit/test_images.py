@@ -1,12 +1,14 @@
 """Decoding to RGB and the shared transforms: every mode gives the same 3-channel tensors."""
 
 import numpy as np
+import pytest
 import torch
+from torchvision.transforms import v2
 from PIL import Image
 
 from imgclf.config import AugmentConfig
 from imgclf.data import load_image, to_rgb
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, load_resized, resize_uint8
 
 
 def test_modes_become_rgb():
@@ -26,15 +28,78 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(tmp_path / "rotated.jpg").size == (20, 40)
 
 
-def test_eval_transform_shape_and_normalisation():
-    tensor = eval_transform(24, IMAGENET_MEAN, IMAGENET_STD)(Image.new("RGB", (50, 30), (255, 255, 255)))
-    assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.float32
-    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
-    assert torch.allclose(tensor[:, 0, 0], torch.tensor(expected), atol=1e-5)
+def test_load_resized_is_uint8_at_the_model_resolution(tmp_path):
+    Image.new("RGB", (50, 30), (255, 0, 0)).save(tmp_path / "wide.png")
+    tensor = load_resized(tmp_path / "wide.png", 24)
+    assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.uint8
+    assert tensor[:, 5, 5].tolist() == [255, 0, 0]
 
 
-def test_train_transform_without_augmentation_equals_eval():
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8))
-    off = AugmentConfig(hflip=False, rotation=0, translate=0, scale=0)
-    assert torch.equal(train_transform(16, IMAGENET_MEAN, IMAGENET_STD, off)(image),
-                       eval_transform(16, IMAGENET_MEAN, IMAGENET_STD)(image))
+def test_jpeg_draft_decode_stays_close_to_a_full_decode(tmp_path):
+    rng = np.random.default_rng(0)
+    # A smooth photo-like gradient with noise, 8x the target size: the decoder may scale by 1/8.
+    ramp = np.linspace(0, 255, 512)[None, :, None] * np.ones((384, 1, 3)) * [1, 0.6, 0.3]
+    pixels = np.clip(ramp + rng.normal(0, 8, (384, 512, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=92)
+    drafted = load_resized(tmp_path / "photo.jpg", 48).float()
+    full = resize_uint8(torch.from_numpy(np.array(load_image(tmp_path / "photo.jpg"))).permute(2, 0, 1),
+                        48).float()
+    assert (drafted - full).abs().mean() < 2.0  # grey levels, out of 255
+
+
+def test_model_input_normalises_on_the_device():
+    white = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
+    out = prepare(white)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    assert out.dtype == torch.float32 and torch.allclose(out[0, :, 0, 0], expected, atol=1e-5)
+    assert torch.allclose(prepare.fill().flatten(), expected, atol=1e-5)  # the background colour
+
+
+def affine(generator_seed=0, **changes):
+    cfg = AugmentConfig(**{"hflip": False, "rotation": 0, "translate": 0, "scale": 0, **changes})
+    fill = torch.full((1, 3, 1, 1), 9.0)
+    return BatchRandomAffine(cfg, fill, torch.Generator().manual_seed(generator_seed))
+
+
+def test_batch_affine_off_is_the_identity():
+    images = torch.randn(3, 3, 8, 8)
+    assert not affine().active and affine()(images) is images
+    # Zero-width ranges: the grid hits pixel centres exactly, so the images come back unchanged.
+    same = affine(rotation=1e-12)(images)
+    assert torch.allclose(same, images, atol=1e-5)
+
+
+def test_batch_affine_flips_some_images_exactly():
+    images = torch.randn(64, 3, 8, 8)
+    out = affine(hflip=True)(images)
+    flipped = [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, images)]
+    unchanged = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, images)]
+    assert all(f or u for f, u in zip(flipped, unchanged)) and 16 < sum(flipped) < 48
+
+
+def test_batch_affine_draws_per_image_and_pads_with_the_fill():
+    images = torch.zeros(32, 3, 16, 16)
+    out = affine(rotation=30, translate=0.2, scale=0.2)(images)
+    padded = (out > 0.01).flatten(1).sum(1)  # pixels that came (partly) from outside the image
+    assert padded.unique().numel() > 10  # every image got its own rotation, shift and zoom
+    assert torch.allclose(out.amax(), torch.tensor(9.0))  # fully uncovered pixels are the fill colour
+    again = affine(rotation=30, translate=0.2, scale=0.2)(images)
+    assert torch.equal(out, again)  # same seed, same draws
+
+
+def test_batch_affine_matches_torchvision_for_a_pure_shift():
+    image = torch.rand(1, 3, 10, 10)
+    aug = affine(translate=0.2)
+    out = aug(image)
+    # Recover the drawn shift from the generator and compare with torchvision's own affine.
+    gen = torch.Generator().manual_seed(0)
+    torch.rand(1, generator=gen, dtype=torch.float64)  # angle draw
+    torch.rand(1, generator=gen, dtype=torch.float64)  # scale draw
+    dx = float((-0.2 + 0.4 * torch.rand(1, generator=gen, dtype=torch.float64)) * 10)
+    dy = float((-0.2 + 0.4 * torch.rand(1, generator=gen, dtype=torch.float64)) * 10)
+    if abs(dx - round(dx)) < 1e-6 and abs(dy - round(dy)) < 1e-6:
+        pytest.skip("integer shift")
+    expected = v2.functional.affine(image - 9.0, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
+                                    interpolation=v2.InterpolationMode.BILINEAR) + 9.0
+    assert torch.allclose(out[:, :, 3:7, 3:7], expected[:, :, 3:7, 3:7], atol=1e-4)

@@ -4,11 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import pandas as pd
 import pytest
 
 from imgclf.data import (image_problem, inspect_file, inspect_files, read_split, scan_image_folder, split_counts,
                          stratified_split)
+from imgclf import data
 from imgclf.errors import DataError
 from tests.conftest import write_png
 
@@ -143,3 +146,29 @@ def test_read_split_keeps_labels_as_strings(tmp_path):
     assert frame["label"].tolist() == ["0", "10"] and frame["target"].tolist() == [0, 1]
     with pytest.raises(DataError, match="not among the model's classes"):
         read_split(path, ["0", "1"])
+
+
+def test_validation_cache_decodes_only_new_or_changed_files(tmp_path, image_folder, monkeypatch):
+    cache = tmp_path / "cache/validation.json"
+    decoded = []
+    real = data.image_problem
+    monkeypatch.setattr(data, "image_problem", lambda path: decoded.append(Path(path).name) or real(path))
+    first = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    assert len(decoded) == 25 and cache.exists()
+
+    decoded.clear()
+    again = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    assert decoded == [] and all(first.parts[n].equals(again.parts[n]) for n in first.parts)
+
+    write_png(image_folder / "c" / "c_new.png", 999)
+    (image_folder / "a" / "a00.png").write_bytes(b"not a png any more")  # same path, new size
+    decoded.clear()
+    changed = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    assert sorted(decoded) == ["a00.png", "c_new.png"]
+    assert "a/a00.png" in changed.rejected["path"].iloc[0]
+
+    cache.write_text("{ damaged")
+    decoded.clear()
+    data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    assert len(decoded) == 26  # a damaged cache is ignored, then rewritten
+    assert json.loads(cache.read_text())["key"] == data.VALIDATION_CACHE_KEY
