@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from imgclf.config import AugmentConfig, DemoConfig, load_section  # noqa: E402
 from imgclf.decode import decode_images  # noqa: E402
 from imgclf.demo import write_demo  # noqa: E402
-from imgclf.engine import identity, train_one_epoch  # noqa: E402
+from imgclf.engine import autocast_dtype, identity, train_one_epoch  # noqa: E402
 from imgclf.model import build_model  # noqa: E402
 from imgclf.training import make_train_batches  # noqa: E402
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, memory_format  # noqa: E402
@@ -193,7 +193,8 @@ def bench_train(name: str, root: Path, args, work: Path) -> None:
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
     augment = BatchRandomAffine(AUGMENT, prepare.fill(), generator)
     model, optimizer = fresh_model(True)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    # Loss scaling only for fp16 (GPUs without bf16), as the train stage does.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(args.precision, device) == torch.float16)
 
     # 3. The compute limit: the same model step on one batch already on the device and normalised,
     # reused for every step (as timm's synthetic benchmark); with the train stage's settings and
@@ -407,7 +408,7 @@ def main() -> None:
         model = work / "model.pt"
         save_checkpoint(model, build_model(args.arch, 4, 0.2), arch=args.arch, classes=[f"class{k}" for k in range(4)],
                         image_size=args.image_size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=0.2,
-                        params={}, best_epoch=1, epochs_run=1)
+                        params={}, best_epoch=1, epochs_run=1, temperature=1.0)
         bench_predict(big, model, work)
     if "split" in sections:
         bench_split(big, work)

@@ -13,9 +13,9 @@ from imgclf.errors import DataError
 from imgclf.model import build_model
 from imgclf.transforms import memory_format
 
-FORMAT = "imgclf.checkpoint/1"
+FORMAT = "imgclf.checkpoint/2"  # /2: adds the calibration temperature
 METADATA_KEYS = ("arch", "classes", "image_size", "mean", "std", "dropout", "params", "best_epoch",
-                 "epochs_run")
+                 "epochs_run", "temperature")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> None:
@@ -42,6 +42,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     missing = [key for key in METADATA_KEYS + ("state_dict",) if key not in data]
     if missing:
         raise DataError(f"{path}: model file lacks {', '.join(missing)}")
+    temperature = data["temperature"]
+    if not isinstance(temperature, float) or not 0 < temperature < float("inf"):
+        raise DataError(f"{path}: model file's temperature must be a positive number, got {temperature!r}")
     classes = data["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise DataError(f"{path}: model file's classes must be a non-empty list of names")

@@ -91,8 +91,15 @@ class TrainConfig:
     lr: float = _doc("learning rate", gt=0)
     weight_decay: float = _doc("weight decay", ge=0)
     momentum: float = _doc("SGD momentum (ignored by adam and adamw)", ge=0, lt=1)
+    scheduler: Literal["step", "cosine", "onecycle"] = _doc(
+        "step: StepLR (the classic recipe); cosine: cosine annealing to 0; onecycle: OneCycleLR per batch")
     step_size: int = _doc("StepLR: epochs between learning-rate decays", ge=1)
     gamma: float = _doc("StepLR: multiplicative decay", gt=0, le=1)
+    warmup_epochs: int = _doc("epochs of linear learning-rate warmup from lr/10 (onecycle: its rising phase)",
+                              ge=0)
+    freeze_epochs: int = _doc("epochs that train only the new output layer before the backbone is unfrozen",
+                              ge=0)
+    label_smoothing: float = _doc("CrossEntropyLoss label smoothing", ge=0, lt=1)
     patience: int = _doc("early stopping: epochs without improvement before stopping", ge=1)
     monitor: Literal["val_loss", "val_f1"] = _doc("early stopping monitor (val_f1 is weighted F1)")
     dropout: float = _doc("dropout probability right before the new output layer", ge=0, lt=1)
@@ -114,6 +121,9 @@ class TrainConfig:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"train.arch: unknown torchvision classification model "
                               f"'{self.arch}'{hint}")
+        for key in ("warmup_epochs", "freeze_epochs"):
+            if getattr(self, key) >= self.epochs:
+                raise ConfigError(f"train.{key}: must be < train.epochs ({self.epochs}), got {getattr(self, key)}")
         if self.pretrained not in ("none", "default") and not os.path.isfile(self.pretrained):
             raise ConfigError(f"train.pretrained: must be none, default or an existing weights "
                               f"file; '{self.pretrained}' does not exist")
@@ -133,6 +143,8 @@ class PredictConfig:
     """Params of the `predict` stage."""
 
     batch_size: int = _doc("images per forward pass", ge=1)
+    min_confidence: float = _doc("rows whose calibrated confidence is below this get status `uncertain`",
+                                 ge=0, le=1)
     num_workers: int = _doc("DataLoader worker processes", ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _doc("auto: cuda, then mps, then cpu")
 

@@ -59,10 +59,14 @@ def identity(images: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, loader: Batches, prepare: Callable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, scaler: torch.amp.GradScaler,
-                    precision: str = "auto", augment: Callable = identity, desc: str = "train") -> float:
-    """One pass over `loader` (uint8 batches, made model input by `prepare`); returns the mean loss per image."""
+                    precision: str = "auto", augment: Callable = identity, desc: str = "train",
+                    batch_scheduler=None) -> float:
+    """One pass over `loader` (uint8 batches, made model input by `prepare`); returns the mean loss per image.
+
+    `batch_scheduler` (OneCycleLR) is stepped after every optimizer step.
+    """
     model.train()
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=torch.float32, device=device)  # float32: MPS has no float64
     count = 0
     progress = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0)
     for step, (images, targets) in enumerate(progress, 1):
@@ -74,6 +78,8 @@ def train_one_epoch(model: nn.Module, loader: Batches, prepare: Callable, criter
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         # Summed on the device: reading a loss back every step would stall a GPU's queue.
         total += loss.detach() * len(targets)
         count += len(targets)
@@ -140,13 +146,20 @@ class FitResult:
     epochs_run: int
     best_value: float
     history: list[dict] = field(default_factory=list)
+    temperature: float = 1.0  # set by the train stage after calibrating on validation
 
 
 def fit(model: nn.Module, train_loader: Batches, val_loader: Batches, prepare: Callable, criterion: nn.Module,
         optimizer: torch.optim.Optimizer, scheduler, *, epochs: int, patience: int, monitor: str,
         device: torch.device, precision: str = "auto", augment: Callable = identity,
+        scheduler_per_batch: bool = False, freeze_epochs: int = 0,
+        set_frozen: Callable[[bool], None] = lambda frozen: None,
         on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
-    """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights."""
+    """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights.
+
+    The scheduler steps once per epoch, or after every batch with `scheduler_per_batch`. For the first
+    `freeze_epochs` epochs `set_frozen(True)` leaves only the output layer trainable.
+    """
     stopper = EarlyStopping(patience, mode="min" if monitor == "val_loss" else "max")
     # Loss scaling is needed only for fp16 on CUDA; bf16 and fp32 pass through unchanged.
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda"
@@ -154,11 +167,15 @@ def fit(model: nn.Module, train_loader: Batches, val_loader: Batches, prepare: C
     history = []
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
+        if freeze_epochs:
+            set_frozen(epoch <= freeze_epochs)
         train_loss = train_one_epoch(model, train_loader, prepare, criterion, optimizer, device, scaler,
-                                     precision, augment, desc=f"epoch {epoch}/{epochs} train")
+                                     precision, augment, desc=f"epoch {epoch}/{epochs} train",
+                                     batch_scheduler=scheduler if scheduler_per_batch else None)
         val_loss, val_f1 = validate(model, val_loader, prepare, device, precision,
                                     desc=f"epoch {epoch}/{epochs} val")
-        scheduler.step()
+        if not scheduler_per_batch:
+            scheduler.step()
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
         history.append(metrics)
         improved = stopper.update(metrics[monitor], model, epoch)

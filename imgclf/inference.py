@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
@@ -13,6 +14,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
+from imgclf.calibration import (calibrated_probabilities, expected_calibration_error,
+                                reliability_table)
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import EvaluateConfig, PredictConfig
 from imgclf.data import list_images, read_classes, read_split
@@ -24,9 +27,19 @@ from imgclf.model import select_device
 from imgclf.transforms import ModelInput
 
 
+@dataclass
+class Evaluation:
+    """What the evaluate stage writes: metrics, per-image results, the text report, reliability tables."""
+
+    metrics: dict
+    samples: pd.DataFrame  # path, actual, predicted, confidence (calibrated)
+    report: str
+    reliability: dict[str, pd.DataFrame]  # "uncalibrated" and "calibrated" reliability diagrams
+
+
 def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
-                   cfg: EvaluateConfig) -> tuple[dict, pd.DataFrame, str]:
-    """Score the model on the test split: (metrics, per-sample path/actual/predicted, text report)."""
+                   cfg: EvaluateConfig) -> Evaluation:
+    """Score the model on the test split, with its confidence calibration before and after temperature scaling."""
     device = select_device(cfg.device)
     model, meta = load_checkpoint(model_path, device)
     classes = meta["classes"]
@@ -43,14 +56,25 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     predicted = logits.argmax(1).numpy()
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
+    raw = calibrated_probabilities(logits, 1.0)
+    calibrated = calibrated_probabilities(logits, meta["temperature"])
+    metrics.update(temperature=meta["temperature"], ece=expected_calibration_error(raw, targets),
+                   ece_calibrated=expected_calibration_error(calibrated, targets),
+                   loss_calibrated=F.cross_entropy(logits / meta["temperature"], targets).item())
     samples = pd.DataFrame({"path": frame["path"], "actual": frame["label"],
-                            "predicted": [classes[i] for i in predicted]})
-    return metrics, samples, report_text(targets.numpy(), predicted, classes)
+                            "predicted": [classes[i] for i in predicted],
+                            "confidence": calibrated.max(1).values.numpy().round(6)})
+    reliability = {"uncalibrated": reliability_table(raw, targets), "calibrated": reliability_table(calibrated, targets)}
+    return Evaluation(metrics, samples, report_text(targets.numpy(), predicted, classes), reliability)
 
 
 def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, output_path: str | os.PathLike,
                    cfg: PredictConfig) -> dict[str, int]:
-    """Classify every file under `input_dir`, streaming rows to `output_path`; returns ok/error counts."""
+    """Classify every file under `input_dir`, streaming rows to `output_path`; returns ok/uncertain/error counts.
+
+    Probabilities are temperature-calibrated; a row whose confidence is below `cfg.min_confidence`
+    keeps its prediction but gets the status `uncertain`, for a human to review.
+    """
     device = select_device(cfg.device)
     model, meta = load_checkpoint(model_path, device)
     classes: Sequence[str] = meta["classes"]
@@ -59,7 +83,8 @@ def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, 
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
     prepare = ModelInput(meta["mean"], meta["std"], device)
-    counts = {"ok": 0, "error": 0}
+    counts = {"ok": 0, "uncertain": 0, "error": 0}
+    temperature = meta["temperature"]
     with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "prediction", "confidence", *[f"prob_{c}" for c in classes], "status"])
@@ -68,7 +93,7 @@ def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, 
             for images, errors in tqdm(loader, desc="predict", unit="batch", mininterval=1.0):
                 with autocast(device):
                     logits = model(prepare(images))
-                probabilities = logits.float().softmax(1).cpu()
+                probabilities = calibrated_probabilities(logits, temperature).cpu()
                 # Rows are written batch by batch: memory does not grow with the number of images.
                 for probs, error in zip(probabilities.tolist(), errors):
                     path = paths[position]
@@ -78,7 +103,8 @@ def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, 
                         writer.writerow([path, "", "", *[""] * len(classes), error])
                         continue
                     best = max(range(len(classes)), key=probs.__getitem__)
-                    counts["ok"] += 1
+                    status = "uncertain" if probs[best] < cfg.min_confidence else "ok"
+                    counts[status] += 1
                     writer.writerow([path, classes[best], f"{probs[best]:.6f}",
-                                     *[f"{p:.6f}" for p in probs], "ok"])
+                                     *[f"{p:.6f}" for p in probs], status])
     return counts

@@ -56,6 +56,18 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Modul
     return model
 
 
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The output layer's parameters: those of the last nn.Linear, the one replace_head put there."""
+    return list([m for m in model.modules() if isinstance(m, nn.Linear)][-1].parameters())
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (trainable=False) or unfreeze every parameter but the output layer's (fastai's fine_tune)."""
+    head = {id(p) for p in head_parameters(model)}
+    for parameter in model.parameters():
+        parameter.requires_grad_(trainable or id(parameter) in head)
+
+
 def _drop_aux_heads(model: nn.Module) -> None:
     """Inception-style auxiliary classifiers only serve ImageNet training; drop them."""
     if getattr(model, "aux_logits", False):

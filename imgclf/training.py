@@ -11,13 +11,14 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, WeightedRandomSampler
 
+from imgclf.calibration import calibrated_probabilities, expected_calibration_error, fit_temperature
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data import read_split
 from imgclf.datasets import DecodedBatches
 from imgclf.decode import open_decoded, read_meta
-from imgclf.engine import FitResult, autocast_dtype, fit, seed_everything
-from imgclf.model import build_model, select_device
+from imgclf.engine import FitResult, autocast_dtype, fit, predict_logits, seed_everything
+from imgclf.model import build_model, select_device, set_backbone_trainable
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, memory_format
 
 
@@ -28,6 +29,25 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """The learning-rate schedule of `cfg.scheduler` with its warmup; returns (scheduler, steps per batch?)."""
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler == "onecycle":
+        # OneCycleLR warms up by design; warmup_epochs sets its rising phase (default 30%, as PyTorch's).
+        rising = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * max(steps_per_epoch, 1),
+                                pct_start=rising), True
+    if cfg.scheduler == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
+    else:
+        main = sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if not cfg.warmup_epochs:
+        return main, False
+    warmup = sched.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
+    return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs]), False
 
 
 def make_train_batches(images: np.ndarray, targets: Sequence[int], cfg: TrainConfig,
@@ -73,9 +93,9 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
     model = model.to(device, memory_format=memory_format(device))
     loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weights)
+    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
     optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    scheduler, per_batch = make_scheduler(cfg, optimizer, len(train_batches))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
@@ -84,12 +104,19 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
           f"{len(classes)} classes")
     result = fit(model, train_batches, val_batches, prepare, criterion, optimizer, scheduler, epochs=cfg.epochs,
                  patience=cfg.patience, monitor=cfg.monitor, device=device, precision=cfg.precision,
-                 augment=augment, on_epoch=on_epoch)
+                 augment=augment, scheduler_per_batch=per_batch, freeze_epochs=cfg.freeze_epochs,
+                 set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), on_epoch=on_epoch)
+    # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
+    val_logits, val_targets = predict_logits(model, val_batches, prepare, device, cfg.precision, desc="calibrate")
+    result.temperature = fit_temperature(val_logits, val_targets)
+    ece = [expected_calibration_error(calibrated_probabilities(val_logits, t), val_targets)
+           for t in (1.0, result.temperature)]
     save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                     params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
-                    epochs_run=result.epochs_run)
+                    epochs_run=result.epochs_run, temperature=result.temperature)
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
+          f"temperature {result.temperature:.3f} (validation ECE {ece[0]:.4f} -> {ece[1]:.4f}); "
           f"wrote {model_path}")
     return result
 

@@ -108,7 +108,7 @@ class BatchRandomAffine:
         theta = torch.stack([
             torch.stack([flip * cos, flip * sin, -flip * (cos * shift_x + sin * shift_y)], 1),
             torch.stack([-sin, cos, sin * shift_x - cos * shift_y], 1),
-        ], 1).to(images.device, torch.float32)
+        ], 1).float().to(images.device)  # float64 math on the CPU; MPS has no float64
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         # grid_sample pads with zeros; shifting by the fill colour first makes it pad with that colour.
         out = F.grid_sample(images - self.fill, grid.to(images.dtype), mode="bilinear",

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: score models/model.pt on the test split; write metrics, per-sample results, a report."""
+"""Stage `evaluate`: score models/model.pt on the test split; write metrics, per-image results, plots data."""
 
 import argparse
 import sys
@@ -10,6 +10,7 @@ from imgclf.artifacts import write_csv, write_json, write_text  # noqa: E402
 from imgclf.config import EvaluateConfig, load_section  # noqa: E402
 from imgclf.errors import stage_main  # noqa: E402
 from imgclf.inference import evaluate_model  # noqa: E402
+from imgclf.plots import mistakes_gallery, per_class_frame, save_png  # noqa: E402
 
 
 @stage_main
@@ -24,16 +25,26 @@ def main() -> None:
                         help="output: path,actual,predicted per test image (confusion plot)")
     parser.add_argument("--report", default="reports/classification_report.txt",
                         help="output: scikit-learn's text classification report")
+    parser.add_argument("--per-class", default="reports/per_class.csv", help="output: class,precision,recall,f1,support")
+    parser.add_argument("--reliability", default="reports/reliability",
+                        help="output folder: uncalibrated.csv and calibrated.csv (reliability diagrams)")
+    parser.add_argument("--mistakes", default="reports/mistakes.png", help="output: gallery of the worst mistakes")
     args = parser.parse_args()
     cfg = load_section(args.params, "evaluate", EvaluateConfig)
     split = Path(args.split)
-    metrics, samples, report = evaluate_model(args.model, split / "test.csv", split / "classes.json", cfg)
+    result = evaluate_model(args.model, split / "test.csv", split / "classes.json", cfg)
+    metrics = result.metrics
     write_json(args.metrics, metrics)
-    write_csv(args.samples, samples)
-    write_text(args.report, report)
-    print(report)
+    write_csv(args.samples, result.samples)
+    write_text(args.report, result.report)
+    write_csv(args.per_class, per_class_frame(metrics))
+    for name, table in result.reliability.items():
+        write_csv(Path(args.reliability) / f"{name}.csv", table)
+    save_png(mistakes_gallery(result.samples), args.mistakes)
+    print(result.report)
     print(f"test accuracy {metrics['accuracy']:.4f}  f1_weighted {metrics['f1_weighted']:.4f}  "
-          f"f1_macro {metrics['f1_macro']:.4f}; wrote {args.metrics}")
+          f"f1_macro {metrics['f1_macro']:.4f}  ECE {metrics['ece']:.4f} -> {metrics['ece_calibrated']:.4f} "
+          f"(temperature {metrics['temperature']:.3f}); wrote {args.metrics}")
 
 
 if __name__ == "__main__":

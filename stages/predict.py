@@ -25,8 +25,9 @@ def main() -> None:
     if counts["ok"] + counts["error"] == 0:
         print(f"no files found under {args.input}; wrote {args.output} with its header only")
     else:
-        print(f"predicted {counts['ok']} images ({counts['error']} unreadable, marked in the status "
-              f"column); wrote {args.output}")
+        print(f"predicted {counts['ok'] + counts['uncertain']} images ({counts['uncertain']} uncertain, below "
+              f"min_confidence {cfg.min_confidence}; {counts['error']} unreadable; see the status column); "
+              f"wrote {args.output}")
 
 
 if __name__ == "__main__":

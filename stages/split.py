@@ -10,6 +10,7 @@ from imgclf.artifacts import write_csv, write_json  # noqa: E402
 from imgclf.config import SplitConfig, load_section  # noqa: E402
 from imgclf.data import split_image_folder  # noqa: E402
 from imgclf.errors import stage_main  # noqa: E402
+from imgclf.plots import class_counts  # noqa: E402
 
 
 @stage_main
@@ -19,6 +20,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section `split`)")
     parser.add_argument("--raw", default="data/raw", help="input: one sub-folder of images per class")
     parser.add_argument("--out", default="data/split", help="output folder for the CSVs and classes.json")
+    parser.add_argument("--counts", default="reports/class_counts",
+                        help="output folder: images per class in train.csv, val.csv, test.csv (a plot)")
     parser.add_argument("--validation-cache", default=".cache/split_validation.json",
                         help="what earlier runs found per file (not a DVC output: a lost cache only costs time)")
     args = parser.parse_args()
@@ -31,6 +34,8 @@ def main() -> None:
         write_csv(out / f"{name}.csv", frame)
     write_csv(out / "rejected.csv", result.rejected)
     write_json(out / "classes.json", result.classes)
+    for name, frame in result.parts.items():
+        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
     sizes = ", ".join(f"{name} {len(frame)}" for name, frame in result.parts.items())
     reasons = result.rejected["reason"].str.split(":").str[0].value_counts()
     why = "".join(f"\n  {count} {reason}" for reason, count in reasons.items())

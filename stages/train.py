@@ -42,7 +42,7 @@ def main() -> None:
         # The summary describes the model that was saved (the best epoch), not the last one.
         live.summary.update({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                              "train_loss": best["train_loss"], "val_loss": best["val_loss"],
-                             "val_f1": best["val_f1"], "lr": best["lr"]})
+                             "val_f1": best["val_f1"], "lr": best["lr"], "temperature": result.temperature})
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, arch="resnet18", classes=["a", "b", "c"], image_size=16,
                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=0.1,
-                    params={"lr": 0.001}, best_epoch=1, epochs_run=1)
+                    params={"lr": 0.001}, best_epoch=1, epochs_run=1, temperature=1.0)
     return path
 
 

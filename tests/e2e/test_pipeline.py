@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ TINY = {
     "decode": {"image_size": 16},
     "train": {"batch_size": 16, "epochs": 2, "device": "cpu"},
     "evaluate": {"device": "cpu"},
-    "predict": {"device": "cpu"},
+    "predict": {"device": "cpu", "min_confidence": 0.0},
 }
 
 
@@ -103,8 +104,20 @@ def test_repro_writes_every_artifact(repo):
     assert set(metrics["classes"]) == set(classes)
     assert sum(c["support"] for c in metrics["classes"].values()) == len(splits["test"])
     samples = pd.read_csv(repo / "reports/test_predictions.csv", dtype=str)
-    assert list(samples.columns) == ["path", "actual", "predicted"] and len(samples) == len(splits["test"])
+    assert list(samples.columns) == ["path", "actual", "predicted", "confidence"]
+    assert len(samples) == len(splits["test"])
     assert "precision" in (repo / "reports/classification_report.txt").read_text()
+    assert metrics["temperature"] == checkpoint["temperature"] > 0 and 0 <= metrics["ece_calibrated"] <= 1
+    per_class = pd.read_csv(repo / "reports/per_class.csv", dtype={"class": str})
+    assert per_class["class"].tolist() == classes
+    for name in ("uncalibrated", "calibrated"):
+        table = pd.read_csv(repo / f"reports/reliability/{name}.csv")
+        assert table["count"].sum() == len(splits["test"])
+    for name, frame in splits.items():
+        counts = pd.read_csv(repo / f"reports/class_counts/{name}.csv", dtype={"class": str})
+        assert dict(zip(counts["class"], counts["count"])) == frame["label"].value_counts().to_dict()
+    from PIL import Image
+    assert Image.open(repo / "reports/mistakes.png").format == "PNG"
 
     predictions = pd.read_csv(repo / "reports/predictions.csv", dtype=str)
     unlabeled = list((repo / "data/predict").iterdir())
@@ -165,8 +178,43 @@ def test_experiment_reruns_only_training_and_reports_the_change(repo):
     out = repo / "plots_html"
     sh([DVC, "plots", "show", "-o", str(out)], repo)
     html = (out / "index.html").read_text()
-    for title in ("Loss per epoch", "Test confusion matrix"):
-        assert title in html
+    for title in ("Loss per epoch", "Validation F1", "Learning rate", "Test confusion matrix (counts)",
+                  "Test confusion matrix (normalised", "Test F1 per class", "Images per class in each split",
+                  "Reliability diagram", "mistakes.png"):
+        assert title in html, title
+
+
+def experiments_in(shown):
+    """(params, metrics) of every experiment in `dvc exp show --json` (baselines hold `experiments` ranges)."""
+    found = []
+    for baseline in shown:
+        for exp_range in baseline.get("experiments") or []:
+            for state in exp_range["revs"]:
+                data = state.get("data") or {}
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                metrics = {name: value.get("data", {}) for name, value in (data.get("metrics") or {}).items()}
+                found.append((params, metrics))
+    return found
+
+
+def test_queued_grid_runs_every_combination(repo):
+    sh([DVC, "exp", "run", "--queue", "-S", "train.lr=0.001,0.0005", "-S", "train.arch=resnet18,mobilenet_v3_small"],
+       repo)
+    sh([DVC, "queue", "start"], repo)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = sh([DVC, "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+    runs = experiments_in(json.loads(sh([DVC, "exp", "show", "--json"], repo).stdout))
+    grid = {(p["train"]["lr"], p["train"]["arch"]): m for p, m in runs}
+    assert {(0.001, "resnet18"), (0.001, "mobilenet_v3_small"), (0.0005, "resnet18"),
+            (0.0005, "mobilenet_v3_small")} <= set(grid)  # besides the earlier lr=0.01 experiment
+    for metrics in grid.values():
+        assert {"f1_weighted", "f1_macro", "ece"} <= set(metrics["reports/metrics.json"])
+        assert {"best_epoch", "epochs_run"} <= set(metrics["dvclive/metrics.json"])
 
 
 def test_bad_param_stops_the_pipeline_with_one_line(repo):

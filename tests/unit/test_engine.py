@@ -15,7 +15,8 @@ from imgclf.checkpoint import load_checkpoint
 from imgclf.config import TrainConfig, load_section
 from imgclf.engine import EarlyStopping, fit
 from imgclf.errors import DataError
-from imgclf.training import make_train_batches, make_val_batches, train_model
+from imgclf.model import set_backbone_trainable
+from imgclf.training import make_scheduler, make_train_batches, make_val_batches, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,3 +133,93 @@ def test_train_refuses_a_decoded_folder_from_another_split(prepared):
         train_model(tiny_config(epochs=1), prepared / "split/train.csv", prepared / "split/val.csv",
                     prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
     assert not (prepared / "model.pt").exists()
+
+
+def epoch_lrs(cfg, steps_per_epoch=4):
+    """The lr at the start of each epoch, and every batch's lr, under make_scheduler."""
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler, per_batch = make_scheduler(cfg, optimizer, steps_per_epoch)
+    starts, batches = [], []
+    for _ in range(cfg.epochs):
+        starts.append(optimizer.param_groups[0]["lr"])
+        for _ in range(steps_per_epoch):
+            batches.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if per_batch:
+                scheduler.step()
+        if not per_batch:
+            scheduler.step()
+    return starts, batches, per_batch
+
+
+def test_step_schedule_is_the_classic_steplr():
+    starts, _, per_batch = epoch_lrs(tiny_config(lr=0.1, epochs=8, step_size=3, gamma=0.1))
+    assert not per_batch
+    assert starts == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 2)
+
+
+def test_warmup_ramps_linearly_from_a_tenth_then_hands_over():
+    starts, _, _ = epoch_lrs(tiny_config(lr=0.1, epochs=6, warmup_epochs=2, scheduler="cosine"))
+    assert starts[:3] == pytest.approx([0.01, 0.055, 0.1])
+    assert starts[3] < starts[2] and starts[-1] < 0.03  # then cosine annealing
+
+
+def test_onecycle_steps_per_batch_and_peaks_at_lr():
+    starts, batches, per_batch = epoch_lrs(tiny_config(lr=0.1, epochs=5, scheduler="onecycle"))
+    assert per_batch and max(batches) == pytest.approx(0.1, rel=1e-3)
+    peak = batches.index(max(batches))
+    assert 0 < peak < len(batches) - 1 and batches[0] < 0.01 and batches[-1] < 1e-4
+
+
+def test_freeze_epochs_train_only_the_head_first():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(16, 3))
+    data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))]
+    snapshots = [{k: v.clone() for k, v in model.state_dict().items()}]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    fit(model, data, data, lambda x: x, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=3, patience=5,
+        monitor="val_loss", device=torch.device("cpu"), freeze_epochs=2,
+        set_frozen=lambda frozen: set_backbone_trainable(model, not frozen),
+        on_epoch=lambda m: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}))
+    assert torch.equal(snapshots[2]["0.weight"], snapshots[0]["0.weight"])  # frozen for epochs 1-2
+    assert not torch.equal(snapshots[1]["2.weight"], snapshots[0]["2.weight"])  # the head learns
+    assert not torch.equal(snapshots[3]["0.weight"], snapshots[2]["0.weight"])  # unfrozen in epoch 3
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_label_smoothing_reaches_the_loss(prepared, monkeypatch):
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    made = []
+    real = nn.CrossEntropyLoss
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nn, "CrossEntropyLoss", spy)
+    train_model(tiny_config(epochs=1, label_smoothing=0.2), prepared / "split/train.csv",
+                prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
+    assert [kw.get("label_smoothing") for kw in made] == [0.2]  # the training loss; validation stays plain
+
+
+@pytest.mark.parametrize("key", ["warmup_epochs", "freeze_epochs"])
+def test_warmup_and_freeze_must_leave_epochs(tmp_path, key):
+    from imgclf.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"train.{key}: must be < train.epochs"):
+        dataclasses.replace(tiny_config(), epochs=3, **{key: 3}).validate()
+
+
+def test_monitor_val_f1_keeps_the_epoch_with_the_best_f1(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))]
+    # (val_loss, val_f1): the loss is lowest at epoch 1, the F1 highest at epoch 3.
+    scores = iter([(0.1, 0.5), (0.2, 0.6), (0.3, 0.9), (0.4, 0.7), (0.5, 0.8)])
+    monkeypatch.setattr(engine, "validate", lambda *args, **kwargs: next(scores))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    result = fit(model, data, data, lambda x: x, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=5, patience=2,
+                 monitor="val_f1", device=torch.device("cpu"))
+    assert (result.best_epoch, result.epochs_run, result.best_value) == (3, 5, 0.9)

@@ -5,15 +5,19 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_predict(model, folder, output, cwd):
+def run_predict(model, folder, output, cwd, min_confidence=0.0):
     """Run the predict script outside DVC, as a user would."""
-    return subprocess.run([sys.executable, str(ROOT / "stages/predict.py"), "--params", str(ROOT / "params.yaml"),
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["predict"]["min_confidence"] = min_confidence
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(ROOT / "stages/predict.py"), "--params", str(cwd / "params.yaml"),
                            "--model", str(model), "--input", str(folder), "--output", str(output)],
                           capture_output=True, text=True, cwd=cwd)
 
@@ -25,7 +29,7 @@ def test_predicts_every_file_and_marks_unreadable_ones(tmp_path, tiny_checkpoint
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     result = run_predict(tiny_checkpoint, folder, tmp_path / "out.csv", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "predicted 5 images (1 unreadable" in result.stdout
+    assert "predicted 5 images (0 uncertain, below min_confidence 0.0; 1 unreadable" in result.stdout
     frame = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert list(frame.columns) == ["path", "prediction", "confidence", "prob_a", "prob_b", "prob_c", "status"]
     assert len(frame) == 6
@@ -36,6 +40,34 @@ def test_predicts_every_file_and_marks_unreadable_ones(tmp_path, tiny_checkpoint
     assert (ok["confidence"].astype(float) == probs.max(axis=1)).all()
     broken = frame[frame["path"].str.endswith("broken.jpg")].iloc[0]
     assert broken["status"].startswith("error:") and broken["prediction"] == ""
+
+
+def test_rows_below_min_confidence_are_marked_uncertain(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "incoming"
+    for i in range(6):
+        write_png(folder / f"img{i}.png", 40 * i)
+    assert run_predict(tiny_checkpoint, folder, tmp_path / "all.csv", tmp_path).returncode == 0
+    confidence = pd.read_csv(tmp_path / "all.csv")["confidence"]
+    threshold = float(confidence.median())
+    result = run_predict(tiny_checkpoint, folder, tmp_path / "out.csv", tmp_path, min_confidence=threshold)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(tmp_path / "out.csv")
+    assert (frame["status"] == "uncertain").tolist() == (frame["confidence"] < threshold).tolist()
+    assert frame["status"].eq("uncertain").any() and frame["status"].eq("ok").any()
+    assert frame["prediction"].notna().all()  # an uncertain row keeps its prediction for the reviewer
+
+
+def test_predict_uses_the_checkpoints_temperature(tmp_path, tiny_checkpoint):
+    import torch
+    folder = tmp_path / "incoming"
+    write_png(folder / "img.png", 7)
+    run_predict(tiny_checkpoint, folder, tmp_path / "t1.csv", tmp_path)
+    data = torch.load(tiny_checkpoint, weights_only=True)
+    data["temperature"] = 4.0
+    torch.save(data, tiny_checkpoint)
+    run_predict(tiny_checkpoint, folder, tmp_path / "t4.csv", tmp_path)
+    cold, warm = (pd.read_csv(tmp_path / f"{n}.csv")["confidence"][0] for n in ("t1", "t4"))
+    assert 1 / 3 < warm < cold  # a higher temperature pulls the confidence towards 1/3 (3 classes)
 
 
 def test_empty_folder_gives_header_only(tmp_path, tiny_checkpoint):

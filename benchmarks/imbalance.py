@@ -1,0 +1,90 @@
+"""Imbalance study: does WeightedRandomSampler help? balance=sampler vs loss vs none, and the weight schemes.
+
+Trains the demo's model (params.yaml's train section) on the demo digits at two imbalance levels,
+for several seeds each, and prints macro F1 and the test recall of the rarest class as mean ± std.
+    python benchmarks/imbalance.py                       # about 10 minutes on 2 CPU cores
+    python benchmarks/imbalance.py --imbalances 5 --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.config import DemoConfig, EvaluateConfig, SplitConfig, TrainConfig, load_section  # noqa: E402
+from imgclf.data import read_split, split_image_folder  # noqa: E402
+from imgclf.decode import decode_split  # noqa: E402
+from imgclf.demo import write_demo  # noqa: E402
+from imgclf.inference import evaluate_model  # noqa: E402
+from imgclf.training import train_model  # noqa: E402
+from imgclf.weights import class_weights, count_labels  # noqa: E402
+
+CONFIGS = [("none", "none"), ("sampler", "inverse"), ("sampler", "sqrt_inverse"), ("loss", "inverse"),
+           ("loss", "sqrt_inverse")]
+
+
+def prepare(work: Path, imbalance: float) -> tuple[Path, list[str], list[int]]:
+    """Write the demo at `imbalance`, split and decode it; return (folder, classes, train counts)."""
+    demo = dataclasses.replace(load_section(ROOT / "params.yaml", "demo", DemoConfig), imbalance=imbalance)
+    split = load_section(ROOT / "params.yaml", "split", SplitConfig)
+    write_demo(demo, work / "raw", work / "predict")
+    result = split_image_folder(work / "raw", split.val, split.test, split.seed)
+    (work / "split").mkdir(exist_ok=True)
+    for name, frame in result.parts.items():
+        frame.to_csv(work / "split" / f"{name}.csv", index=False)
+    (work / "split/classes.json").write_text(json.dumps(result.classes))
+    decode_split(work / "split", work / "decoded", demo.image_size)
+    counts = count_labels(result.parts["train"]["label"], result.classes)
+    return work, result.classes, counts
+
+
+def main() -> None:
+    """Run every balance/scheme configuration for every seed and imbalance level; print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--imbalances", default="5,20", help="largest/smallest class ratios to try")
+    parser.add_argument("--seeds", type=int, default=3, help="train seeds per configuration")
+    args = parser.parse_args()
+    base = dataclasses.replace(load_section(ROOT / "params.yaml", "train", TrainConfig), device="cpu")
+    rows = []
+    for imbalance in map(float, args.imbalances.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            work, classes, counts = prepare(Path(tmp), imbalance)
+            rarest = classes[counts.index(min(counts))]
+            test = read_split(work / "split/test.csv", classes)
+            print(f"imbalance {imbalance:g}: train counts {dict(zip(classes, counts))}; rarest class '{rarest}' "
+                  f"has {int((test['label'] == rarest).sum())} test images", flush=True)
+            for balance, scheme in CONFIGS:
+                weights = class_weights(counts, scheme)
+                f1s, recalls = [], []
+                for seed in range(args.seeds):
+                    cfg = dataclasses.replace(base, balance=balance, seed=seed)
+                    train_model(cfg, work / "split/train.csv", work / "split/val.csv", work / "decoded", classes,
+                                weights, work / "model.pt")
+                    metrics = evaluate_model(work / "model.pt", work / "split/test.csv", work / "split/classes.json",
+                                             EvaluateConfig(batch_size=256, num_workers=0, device="cpu")).metrics
+                    f1s.append(metrics["f1_macro"])
+                    recalls.append(metrics["classes"][rarest]["recall"])
+                rows.append((imbalance, balance, scheme, f1s, recalls))
+                print(f"  {balance:8} {scheme:13} f1_macro {fmt(f1s)}  rarest recall {fmt(recalls)}", flush=True)
+
+    print("\n| imbalance | balance | scheme | test f1_macro | recall of the rarest class |\n|---|---|---|---|---|")
+    for imbalance, balance, scheme, f1s, recalls in rows:
+        print(f"| {imbalance:g}:1 | {balance} | {scheme if balance != 'none' else '—'} | {fmt(f1s)} | {fmt(recalls)} |")
+
+
+def fmt(values: list[float]) -> str:
+    """mean ± standard deviation over seeds."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {spread:.4f}"
+
+
+if __name__ == "__main__":
+    main()
