@@ -74,8 +74,8 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     """Decode the train and val CSVs of `split_dir` into `out_dir`/{train,val}.npy plus meta.json."""
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     meta = {"format": FORMAT, "image_size": image_size, "splits": {}}
-    for name in SPLITS:
-        paths = _read_paths(split_dir / f"{name}.csv")
+    splits = {name: _read_paths(split_dir / f"{name}.csv") for name in SPLITS}  # both, before any output
+    for name, paths in splits.items():
         decode_images(paths, image_size, out_dir / f"{name}.npy", workers, desc=f"decode {name}")
         meta["splits"][name] = {"count": len(paths), "paths_sha256": paths_digest(paths)}
     write_json(out_dir / "meta.json", meta)
