@@ -103,3 +103,12 @@ def test_batch_affine_matches_torchvision_for_a_pure_shift():
     expected = v2.functional.affine(image - 9.0, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
                                     interpolation=v2.InterpolationMode.BILINEAR) + 9.0
     assert torch.allclose(out[:, :, 3:7, 3:7], expected[:, :, 3:7, 3:7], atol=1e-4)
+
+
+def test_batch_affine_keeps_channels_last_and_gives_the_same_values():
+    # The CUDA path feeds NHWC batches; the draws and the result must not depend on the layout.
+    images = torch.rand(8, 3, 12, 12)
+    plain = affine(rotation=20, translate=0.1, scale=0.1, hflip=True)(images)
+    nhwc = affine(rotation=20, translate=0.1, scale=0.1, hflip=True)(images.contiguous(memory_format=torch.channels_last))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(plain, nhwc, atol=1e-5)
