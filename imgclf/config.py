@@ -106,6 +106,7 @@ class TrainConfig:
     balance: Literal["sampler", "loss", "none"] = _doc(
         "sampler: WeightedRandomSampler; loss: weighted CrossEntropyLoss; none")
     augment: AugmentConfig = _doc("training augmentation")
+    compile: bool = _doc("wrap the model in torch.compile for training (opt-in; see the README's Speed section)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _doc(
         "auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere; bf16/fp16 force autocast")
     seed: int = _doc("seed of weights init, sampling and augmentation", ge=0)

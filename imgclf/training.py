@@ -102,7 +102,10 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     print(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
           f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
           f"{len(classes)} classes")
-    result = fit(model, train_batches, val_batches, prepare, criterion, optimizer, scheduler, epochs=cfg.epochs,
+    # Opt-in: on this project's 2-core CPU, resnet18 compiled for 26 s and then ran no faster (293 vs
+    # 307 img/s). The compiled wrapper shares its parameters with `model`, which is what gets saved.
+    step_model = torch.compile(model) if cfg.compile else model
+    result = fit(step_model, train_batches, val_batches, prepare, criterion, optimizer, scheduler, epochs=cfg.epochs,
                  patience=cfg.patience, monitor=cfg.monitor, device=device, precision=cfg.precision,
                  augment=augment, scheduler_per_batch=per_batch, freeze_epochs=cfg.freeze_epochs,
                  set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), on_epoch=on_epoch)

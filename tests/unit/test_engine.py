@@ -223,3 +223,17 @@ def test_monitor_val_f1_keeps_the_epoch_with_the_best_f1(monkeypatch):
     result = fit(model, data, data, lambda x: x, nn.CrossEntropyLoss(), optimizer, scheduler, epochs=5, patience=2,
                  monitor="val_f1", device=torch.device("cpu"))
     assert (result.best_epoch, result.epochs_run, result.best_value) == (3, 5, 0.9)
+
+
+def test_compiled_training_saves_a_plain_checkpoint(prepared, monkeypatch):
+    # The inductor backend needs minutes on a CPU; the eager backend exercises the same wrapper.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="eager"))
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    result = train_model(tiny_config(epochs=2, compile=True), prepared / "split/train.csv",
+                         prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 1.0, 1.0],
+                         prepared / "model.pt")
+    state = torch.load(prepared / "model.pt", weights_only=True)["state_dict"]
+    assert not any(key.startswith("_orig_mod.") for key in state)
+    load_checkpoint(prepared / "model.pt")  # strict load into a plain model
+    assert result.epochs_run == 2
