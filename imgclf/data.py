@@ -307,8 +307,8 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     return classes
 
 
-def read_split(path: str | os.PathLike, classes: Sequence[str]) -> pd.DataFrame:
-    """Read a split CSV (`path,label`) and add `target`, the label's index in `classes`."""
+def read_split_paths(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a split CSV as written by the split stage: columns path,label, every value a string."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
@@ -317,6 +317,12 @@ def read_split(path: str | os.PathLike, classes: Sequence[str]) -> pd.DataFrame:
         raise DataError(f"{path}: not a valid split CSV ({str(err).splitlines()[0]})") from None
     if list(frame.columns) != ["path", "label"]:
         raise DataError(f"{path}: expected columns path,label; got {','.join(frame.columns)}")
+    return frame
+
+
+def read_split(path: str | os.PathLike, classes: Sequence[str]) -> pd.DataFrame:
+    """Read a split CSV (`path,label`) and add `target`, the label's index in `classes`."""
+    frame = read_split_paths(path)
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(frame["label"]) - set(index))
     if unknown:

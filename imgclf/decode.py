@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_path, write_json
-from imgclf.data import describe_error
+from imgclf.data import describe_error, read_split_paths
 from imgclf.errors import DataError
 from imgclf.transforms import load_resized
 
@@ -74,22 +73,13 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     """Decode the train and val CSVs of `split_dir` into `out_dir`/{train,val}.npy plus meta.json."""
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     meta = {"format": FORMAT, "image_size": image_size, "splits": {}}
-    splits = {name: _read_paths(split_dir / f"{name}.csv") for name in SPLITS}  # both, before any output
+    # Both CSVs are read before any output is written.
+    splits = {name: read_split_paths(split_dir / f"{name}.csv")["path"].tolist() for name in SPLITS}
     for name, paths in splits.items():
         decode_images(paths, image_size, out_dir / f"{name}.npy", workers, desc=f"decode {name}")
         meta["splits"][name] = {"count": len(paths), "paths_sha256": paths_digest(paths)}
     write_json(out_dir / "meta.json", meta)
     return {name: info["count"] for name, info in meta["splits"].items()}
-
-
-def _read_paths(csv_path: Path) -> list[str]:
-    """The `path` column of a split CSV."""
-    try:
-        return pd.read_csv(csv_path, dtype=str, keep_default_na=False)["path"].tolist()
-    except FileNotFoundError:
-        raise DataError(f"{csv_path}: split file not found (run the split stage first)") from None
-    except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{csv_path}: not a valid split CSV ({str(err).splitlines()[0]})") from None
 
 
 def read_meta(decoded_dir: str | os.PathLike) -> dict:

@@ -26,6 +26,14 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """(name, module) of the model's output layer: the last nn.Linear it registers."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"train.arch: {type(model).__name__} has no final Linear layer to replace")
+    return linears[-1]
+
+
 def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Module:
     """Swap the model's final nn.Linear for one with `num_classes` outputs, with dropout before it.
 
@@ -34,10 +42,7 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Modul
     If a Dropout already precedes it (efficientnet, mobilenet), its probability is set instead of
     stacking a second one.
     """
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"train.arch: {type(model).__name__} has no final Linear layer to replace")
-    name, old = linears[-1]
+    name, old = output_layer(model)
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name)
     new = nn.Linear(old.in_features, num_classes)
@@ -56,14 +61,9 @@ def replace_head(model: nn.Module, num_classes: int, dropout: float) -> nn.Modul
     return model
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The output layer's parameters: those of the last nn.Linear, the one replace_head put there."""
-    return list([m for m in model.modules() if isinstance(m, nn.Linear)][-1].parameters())
-
-
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     """Freeze (trainable=False) or unfreeze every parameter but the output layer's (fastai's fine_tune)."""
-    head = {id(p) for p in head_parameters(model)}
+    head = {id(p) for p in output_layer(model)[1].parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(trainable or id(parameter) in head)
 

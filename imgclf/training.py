@@ -16,7 +16,7 @@ from imgclf.checkpoint import save_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data import read_split
 from imgclf.datasets import DecodedBatches
-from imgclf.decode import open_decoded, read_meta
+from imgclf.decode import open_decoded
 from imgclf.engine import FitResult, autocast_dtype, fit, predict_logits, seed_everything
 from imgclf.model import build_model, select_device, set_backbone_trainable
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, memory_format
@@ -82,9 +82,9 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     device = select_device(cfg.device)
     generator = seed_everything(cfg.seed)
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
-    image_size = read_meta(decoded_dir)["image_size"]
-    train_batches = make_train_batches(open_decoded(decoded_dir, "train", train_frame["path"]),
-                                       train_frame["target"], cfg, class_weights, generator, device)
+    train_images = open_decoded(decoded_dir, "train", train_frame["path"])  # N x 3 x S x S, checked
+    image_size = train_images.shape[-1]
+    train_batches = make_train_batches(train_images, train_frame["target"], cfg, class_weights, generator, device)
     val_batches = make_val_batches(open_decoded(decoded_dir, "val", val_frame["path"]), val_frame["target"],
                                    cfg.batch_size, device)
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)

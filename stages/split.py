@@ -32,10 +32,9 @@ def main() -> None:
     out = Path(args.out)
     for name, frame in result.parts.items():
         write_csv(out / f"{name}.csv", frame)
+        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
     write_csv(out / "rejected.csv", result.rejected)
     write_json(out / "classes.json", result.classes)
-    for name, frame in result.parts.items():
-        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
     sizes = ", ".join(f"{name} {len(frame)}" for name, frame in result.parts.items())
     reasons = result.rejected["reason"].str.split(":").str[0].value_counts()
     why = "".join(f"\n  {count} {reason}" for reason, count in reasons.items())
