@@ -1,20 +1,25 @@
 """GPU benchmark: EfficientNet-B0 at 224 px, AMP (bf16/fp16) and channels_last, on 1024x768 JPEGs.
 
-Runs the train section of benchmark.py on CUDA: the classic loop, the train stage's data path and
-loop, and synthetic tensors (the compute limit), and prints throughput and loader efficiency.
-    python benchmarks/gpu.py              # about 3 minutes on one H100 with 16 cores
-    python benchmarks/gpu.py --photos 256 --device cpu --epochs 1   # a quick check of the script on a CPU
+Runs benchmarks.train on CUDA: the classic loop, the train stage's data path and loop, and synthetic
+tensors (the compute limit); prints throughput and loader efficiency.
+    python -m benchmarks.gpu              # about 3 minutes on one H100 with 16 cores
+    python -m benchmarks.gpu --photos 64 --device cpu --epochs 1 --image-size 32   # a check on a CPU
 """
 
+from __future__ import annotations
+
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import train
 
-import benchmark  # noqa: E402
+DEFAULTS = ["--datasets", "photos", "--device", "cuda", "--arch", "efficientnet_b0", "--image-size", "224",
+            "--batch-size", "128", "--photos", "2000", "--precision", "auto"]
+
+
+def main(argv: list[str] | None = None) -> train.Table:
+    """The train benchmark with GPU defaults; later (user) arguments override them."""
+    return train.main(DEFAULTS + list(sys.argv[1:] if argv is None else argv))
+
 
 if __name__ == "__main__":
-    defaults = ["--sections", "train", "--datasets", "photos", "--device", "cuda", "--arch", "efficientnet_b0",
-                "--image-size", "224", "--batch-size", "128", "--photos", "2000", "--precision", "auto"]
-    sys.argv[1:1] = defaults  # later (user) arguments override these
-    benchmark.main()
+    main()

@@ -2,66 +2,67 @@
 
 Trains the demo's model (params.yaml's train section) on the demo digits at two imbalance levels,
 for several seeds each, and prints macro F1 and the test recall of the rarest class as mean ± std.
-    python benchmarks/imbalance.py                       # about 10 minutes on 2 CPU cores
-    python benchmarks/imbalance.py --imbalances 5 --seeds 1
+    python -m benchmarks.imbalance                     # about 10 minutes on 2 CPU cores
+    python -m benchmarks.imbalance --imbalances 5 --seeds 1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from imgclf.config import DemoConfig, EvaluateConfig, SplitConfig, TrainConfig, load_section  # noqa: E402
-from imgclf.data import read_split, split_image_folder  # noqa: E402
-from imgclf.decode import decode_split  # noqa: E402
-from imgclf.demo import write_demo  # noqa: E402
-from imgclf.inference import evaluate_model  # noqa: E402
-from imgclf.training import train_model  # noqa: E402
-from imgclf.weights import class_weights, count_labels  # noqa: E402
+from benchmarks.common import ROOT
+from imgclf.compute_weights import class_weights, count_labels
+from imgclf.config import load_section
+from imgclf.decode import decode_split
+from imgclf.demo import DemoConfig, write_demo
+from imgclf.evaluate import EvaluateConfig, evaluate_model
+from imgclf.split import SplitConfig, split_image_folder
+from imgclf.split_files import read_split, write_split
+from imgclf.train import TrainConfig, train_model
 
 CONFIGS = [("none", "none"), ("sampler", "inverse"), ("sampler", "sqrt_inverse"), ("loss", "inverse"),
            ("loss", "sqrt_inverse")]
 
 
-def prepare(work: Path, imbalance: float) -> tuple[Path, list[str], list[int]]:
+def prepare(work: Path, imbalance: float, max_per_class: int | None = None) -> tuple[Path, list[str], list[int]]:
     """Write the demo at `imbalance`, split and decode it; return (folder, classes, train counts)."""
     demo = dataclasses.replace(load_section(ROOT / "params.yaml", "demo", DemoConfig), imbalance=imbalance)
+    if max_per_class:
+        demo = dataclasses.replace(demo, max_per_class=max_per_class)
     split = load_section(ROOT / "params.yaml", "split", SplitConfig)
     write_demo(demo, work / "raw", work / "predict")
     result = split_image_folder(work / "raw", split.val, split.test, split.seed)
-    (work / "split").mkdir(exist_ok=True)
-    for name, frame in result.parts.items():
-        frame.to_csv(work / "split" / f"{name}.csv", index=False)
-    (work / "split/classes.json").write_text(json.dumps(result.classes))
+    write_split(work / "split", result.parts, result.classes)
     decode_split(work / "split", work / "decoded", demo.image_size)
     counts = count_labels(result.parts["train"]["label"], result.classes)
     return work, result.classes, counts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[tuple]:
     """Run every balance/scheme configuration for every seed and imbalance level; print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imbalances", default="5,20", help="largest/smallest class ratios to try")
     parser.add_argument("--seeds", type=int, default=3, help="train seeds per configuration")
-    args = parser.parse_args()
+    parser.add_argument("--configs", type=int, default=len(CONFIGS), help="how many of CONFIGS to run (tests)")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (tests)")
+    parser.add_argument("--max-per-class", type=int, default=None, help="shrink the demo (tests)")
+    args = parser.parse_args(argv)
     base = dataclasses.replace(load_section(ROOT / "params.yaml", "train", TrainConfig), device="cpu")
+    if args.epochs:
+        base = dataclasses.replace(base, epochs=args.epochs)
     rows = []
     for imbalance in map(float, args.imbalances.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            work, classes, counts = prepare(Path(tmp), imbalance)
+            work, classes, counts = prepare(Path(tmp), imbalance, args.max_per_class)
             rarest = classes[counts.index(min(counts))]
             test = read_split(work / "split/test.csv", classes)
             print(f"imbalance {imbalance:g}: train counts {dict(zip(classes, counts))}; rarest class '{rarest}' "
                   f"has {int((test['label'] == rarest).sum())} test images", flush=True)
-            for balance, scheme in CONFIGS:
+            for balance, scheme in CONFIGS[:args.configs]:
                 weights = class_weights(counts, scheme)
                 f1s, recalls = [], []
                 for seed in range(args.seeds):
@@ -78,6 +79,7 @@ def main() -> None:
     print("\n| imbalance | balance | scheme | test f1_macro | recall of the rarest class |\n|---|---|---|---|---|")
     for imbalance, balance, scheme, f1s, recalls in rows:
         print(f"| {imbalance:g}:1 | {balance} | {scheme if balance != 'none' else '—'} | {fmt(f1s)} | {fmt(recalls)} |")
+    return rows
 
 
 def fmt(values: list[float]) -> str:

@@ -1,1 +1,1 @@
-"""Shared logic of the image-classification pipeline: the five stages under stages/ call into it."""
+"""imgclf: a reproducible image-classification pipeline of DVC stages (one module per stage, over shared nouns)."""

@@ -11,20 +11,29 @@ import hashlib
 import json
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_path, write_json
-from imgclf.data import describe_error, read_split_paths
+from imgclf.config import param
 from imgclf.errors import DataError
-from imgclf.transforms import load_resized
+from imgclf.images import describe_error, load_resized
+from imgclf.split_files import read_split_paths
 
 FORMAT = "imgclf.decoded/1"
 SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Params of the `decode` stage: the resolution the train and val images are decoded at, once."""
+
+    image_size: int = param("side in pixels that images are resized to (for training and inference)",
+                           ge=8, le=1024)
 
 
 def paths_digest(paths: Sequence[str]) -> str:
@@ -36,7 +45,7 @@ def _decode_one(task: tuple[str, int]) -> np.ndarray | str:
     """One worker task: the uint8 pixels of one file, or why it failed (one line)."""
     path, image_size = task
     try:
-        return load_resized(path, image_size).numpy()
+        return load_resized(path, image_size)
     except Exception as err:  # reported with the file name by the caller
         return describe_error(err)
 
@@ -51,9 +60,7 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(paths), 3, image_size, image_size))
         progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
-        # One torch thread per worker process: the processes are the parallelism (as DataLoader workers).
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads,
-                                                        initargs=(1,)) if parallel else None
+        pool = multiprocessing.get_context("fork").Pool(workers) if parallel else None
         try:
             results = pool.imap(_decode_one, tasks, chunksize=16) if pool else map(_decode_one, tasks)
             for index, pixels in enumerate(tqdm(results, **progress)):

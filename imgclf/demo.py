@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from imgclf.config import DemoConfig
+from imgclf.config import param
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Params of the `demo` stage: the built-in digits dataset."""
+
+    seed: int = param("seed for which images are kept and held back", ge=0)
+    num_classes: int = param("how many digit classes to write (0..num_classes-1)", ge=2, le=10)
+    max_per_class: int = param("images kept for the largest class (digit 0)", ge=3)
+    imbalance: float = param("largest class count / smallest class count", ge=1)
+    image_size: int = param("side in pixels of the written PNGs (upscaled from 8x8)", ge=8, le=1024)
+    predict_fraction: float = param("share of each class held back, unlabeled, in data/predict", ge=0, lt=1)
 
 
 def class_counts(cfg: DemoConfig, available: list[int]) -> list[int]:

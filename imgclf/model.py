@@ -11,21 +11,6 @@ from torch import nn
 from imgclf.errors import ConfigError, DataError
 
 
-def select_device(name: str) -> torch.device:
-    """Resolve a device param: `auto` picks cuda, then mps, then cpu; an absent one is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA GPU is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: mps was asked for but it is not available")
-    return torch.device(name)
-
-
 def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     """(name, module) of the model's output layer: the last nn.Linear it registers."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -1,15 +1,13 @@
-"""Data behind the `dvc plots` of dvc.yaml: per-class scores, class counts and the worst-mistakes gallery."""
+"""The evaluate stage's plots: per-class scores and the worst-mistakes gallery (`dvc plots` in dvc.yaml)."""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from imgclf.artifacts import atomic_open
-from imgclf.data import load_image
+from imgclf.images import load_image
 
 THUMB = 112  # gallery tile side in pixels
 
@@ -18,12 +16,6 @@ def per_class_frame(metrics: dict) -> pd.DataFrame:
     """One row per class: class, precision, recall, f1, support (the per-class F1 bar chart)."""
     return pd.DataFrame([{"class": name, **scores} for name, scores in metrics["classes"].items()],
                         columns=["class", "precision", "recall", "f1", "support"])
-
-
-def class_counts(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Images per class in one split (`path,label` frame), every class listed, in class order."""
-    counts = frame["label"].value_counts()
-    return pd.DataFrame({"class": list(classes), "count": [int(counts.get(c, 0)) for c in classes]})
 
 
 def worst_mistakes(samples: pd.DataFrame, limit: int = 16) -> pd.DataFrame:

@@ -1,27 +1,28 @@
 """Stage `compute_weights`: class counts and weights from train.csv alone (no image is decoded)."""
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
-
-from imgclf.artifacts import write_json  # noqa: E402
-from imgclf.config import ComputeWeightsConfig, load_section  # noqa: E402
-from imgclf.data import read_classes, read_split  # noqa: E402
-from imgclf.errors import stage_main  # noqa: E402
-from imgclf.weights import count_labels, weights_document  # noqa: E402
+from imgclf.artifacts import write_json
+from imgclf.compute_weights import ComputeWeightsConfig, count_labels, weights_document
+from imgclf.config import load_section
+from imgclf.errors import stage_main
+from imgclf.split_files import read_classes, read_split
 
 
-@stage_main
-def main() -> None:
-    """Parse paths, load params.yaml's `compute_weights` section, write weights.json."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (section `compute_weights`)")
     parser.add_argument("--train", default="data/split/train.csv", help="input: training split CSV")
     parser.add_argument("--classes", default="data/split/classes.json", help="input: class order")
     parser.add_argument("--out", default="data/weights.json", help="output: per-class count and weight")
-    args = parser.parse_args()
+    return parser
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `compute_weights` section, write weights.json."""
+    args = build_parser().parse_args()
     cfg = load_section(args.params, "compute_weights", ComputeWeightsConfig)
     classes = read_classes(args.classes)
     counts = count_labels(read_split(args.train, classes)["label"], classes)

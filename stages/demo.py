@@ -1,24 +1,26 @@
 """Stage `demo`: write scikit-learn's handwritten digits as an imbalanced image folder plus unlabeled images."""
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
+from imgclf.config import load_section
+from imgclf.demo import DemoConfig, write_demo
+from imgclf.errors import stage_main
 
-from imgclf.config import DemoConfig, load_section  # noqa: E402
-from imgclf.demo import write_demo  # noqa: E402
-from imgclf.errors import stage_main  # noqa: E402
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (section `demo`)")
+    parser.add_argument("--raw", default="data/raw", help="output: labeled images, one folder per class")
+    parser.add_argument("--predict", default="data/predict", help="output: unlabeled images")
+    return parser
 
 
 @stage_main
 def main() -> None:
     """Parse paths, load params.yaml's `demo` section, write the demo images."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (section `demo`)")
-    parser.add_argument("--raw", default="data/raw", help="output: labeled images, one folder per class")
-    parser.add_argument("--predict", default="data/predict", help="output: unlabeled images")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     cfg = load_section(args.params, "demo", DemoConfig)
     counts = write_demo(cfg, Path(args.raw), Path(args.predict))
     held_back = counts.pop("predict")

@@ -1,21 +1,17 @@
 """Stage `evaluate`: score models/model.pt on the test split; write metrics, per-image results, plots data."""
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
-
-from imgclf.artifacts import write_csv, write_json, write_text  # noqa: E402
-from imgclf.config import EvaluateConfig, load_section  # noqa: E402
-from imgclf.errors import stage_main  # noqa: E402
-from imgclf.inference import evaluate_model  # noqa: E402
-from imgclf.plots import mistakes_gallery, per_class_frame, save_png  # noqa: E402
+from imgclf.artifacts import write_csv, write_json, write_text
+from imgclf.config import load_section
+from imgclf.errors import stage_main
+from imgclf.evaluate import EvaluateConfig, evaluate_model
+from imgclf.plots import mistakes_gallery, per_class_frame, save_png
 
 
-@stage_main
-def main() -> None:
-    """Parse paths, load params.yaml's `evaluate` section, evaluate, write the reports."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
     parser.add_argument("--model", default="models/model.pt", help="input: model checkpoint")
@@ -29,7 +25,13 @@ def main() -> None:
     parser.add_argument("--reliability", default="reports/reliability",
                         help="output folder: uncalibrated.csv and calibrated.csv (reliability diagrams)")
     parser.add_argument("--mistakes", default="reports/mistakes.png", help="output: gallery of the worst mistakes")
-    args = parser.parse_args()
+    return parser
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `evaluate` section, evaluate, write the reports."""
+    args = build_parser().parse_args()
     cfg = load_section(args.params, "evaluate", EvaluateConfig)
     split = Path(args.split)
     result = evaluate_model(args.model, split / "test.csv", split / "classes.json", cfg)

@@ -1,21 +1,17 @@
 """Stage `split`: validate every image under data/raw and write stratified train/val/test CSVs."""
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
-
-from imgclf.artifacts import write_csv, write_json  # noqa: E402
-from imgclf.config import SplitConfig, load_section  # noqa: E402
-from imgclf.data import split_image_folder  # noqa: E402
-from imgclf.errors import stage_main  # noqa: E402
-from imgclf.plots import class_counts  # noqa: E402
+from imgclf.artifacts import write_csv
+from imgclf.config import load_section
+from imgclf.errors import stage_main
+from imgclf.split import SplitConfig, class_counts, split_image_folder
+from imgclf.split_files import write_split
 
 
-@stage_main
-def main() -> None:
-    """Parse paths, load params.yaml's `split` section, scan and validate images, write the split."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (section `split`)")
     parser.add_argument("--raw", default="data/raw", help="input: one sub-folder of images per class")
@@ -24,17 +20,22 @@ def main() -> None:
                         help="output folder: images per class in train.csv, val.csv, test.csv (a plot)")
     parser.add_argument("--validation-cache", default=".cache/split_validation.json",
                         help="what earlier runs found per file (not a DVC output: a lost cache only costs time)")
-    args = parser.parse_args()
+    return parser
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `split` section, scan and validate images, write the split."""
+    args = build_parser().parse_args()
     cfg = load_section(args.params, "split", SplitConfig)
 
     result = split_image_folder(args.raw, cfg.val, cfg.test, cfg.seed, cache_path=args.validation_cache)
 
     out = Path(args.out)
-    for name, frame in result.parts.items():
-        write_csv(out / f"{name}.csv", frame)
-        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
+    write_split(out, result.parts, result.classes)
     write_csv(out / "rejected.csv", result.rejected)
-    write_json(out / "classes.json", result.classes)
+    for name, frame in result.parts.items():
+        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
     sizes = ", ".join(f"{name} {len(frame)}" for name, frame in result.parts.items())
     reasons = result.rejected["reason"].str.split(":").str[0].value_counts()
     why = "".join(f"\n  {count} {reason}" for reason, count in reasons.items())

@@ -1,21 +1,17 @@
 """Stage `train`: fine-tune a torchvision model on the decoded split, with early stopping; write models/model.pt."""
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import the package beside stages/
-
-from imgclf.config import TrainConfig, load_section  # noqa: E402
-from imgclf.data import read_classes  # noqa: E402
-from imgclf.errors import stage_main  # noqa: E402
-from imgclf.training import open_live, train_model  # noqa: E402
-from imgclf.weights import read_weights  # noqa: E402
+from imgclf.compute_weights import read_weights
+from imgclf.config import load_section
+from imgclf.errors import stage_main
+from imgclf.split_files import read_classes
+from imgclf.train import TrainConfig, open_live, train_model
 
 
-@stage_main
-def main() -> None:
-    """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (section `train`)")
     parser.add_argument("--split", default="data/split", help="input: train.csv, val.csv, classes.json")
@@ -23,7 +19,13 @@ def main() -> None:
     parser.add_argument("--weights", default="data/weights.json", help="input: class weights")
     parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
     parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
-    args = parser.parse_args()
+    return parser
+
+
+@stage_main
+def main() -> None:
+    """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
+    args = build_parser().parse_args()
     cfg = load_section(args.params, "train", TrainConfig)
     split = Path(args.split)
     classes = read_classes(split / "classes.json")

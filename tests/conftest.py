@@ -1,5 +1,10 @@
-"""Shared fixtures: the repository on sys.path, tiny image folders and tiny checkpoints."""
+"""Shared test builders, in one place: tiny image folders, a prepared split, tiny checkpoints and train params."""
 
+import contextlib
+import dataclasses
+import importlib
+import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +13,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def write_png(path: Path, value: int, size: int = 16) -> Path:
@@ -18,6 +22,37 @@ def write_png(path: Path, value: int, size: int = 16) -> Path:
     pixels = (rng.integers(0, 40, (size, size, 3)) + value * 60 % 200).astype(np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e is the `e2e` tier (real dvc and stage processes): `-m "not e2e"` skips it."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).relative_to(ROOT).parts[:2]:
+            item.add_marker(pytest.mark.e2e)
+
+
+def run_stage(name: str, *args: str, cwd: Path | None = None, subprocess_run: bool = False):
+    """Run stage `name` with `args` as a user would; returns (returncode, stdout, stderr).
+
+    In-process by default (the stage's real main(), without paying torch's import again per call);
+    with `subprocess_run`, as `python stages/<name>.py` in a new interpreter.
+    """
+    if subprocess_run:
+        done = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args], capture_output=True,
+                              text=True, cwd=cwd)
+        return done.returncode, done.stdout, done.stderr
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv, code = sys.argv, 0
+    sys.argv = [f"stages/{name}.py", *args]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                (contextlib.chdir(cwd) if cwd else contextlib.nullcontext()):
+            importlib.import_module(f"stages.{name}").main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 @pytest.fixture
@@ -48,18 +83,31 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 @pytest.fixture
 def prepared(tmp_path: Path, image_folder: Path) -> Path:
     """What the train stage reads, on disk: split/*.csv, classes.json, weights.json, decoded/ at 16 px."""
-    import json
-
-    from imgclf.data import split_image_folder
+    from imgclf.artifacts import write_json
+    from imgclf.compute_weights import weights_document
     from imgclf.decode import decode_split
+    from imgclf.split import split_image_folder
+    from imgclf.split_files import write_split
 
     result = split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1)
-    split = tmp_path / "split"
-    split.mkdir()
-    for name, frame in result.parts.items():
-        frame.to_csv(split / f"{name}.csv", index=False)
-    (split / "classes.json").write_text(json.dumps(result.classes))
-    (tmp_path / "weights.json").write_text(json.dumps(
-        {"classes": {c: {"count": 1, "weight": 1.0} for c in result.classes}}))
-    decode_split(split, tmp_path / "decoded", 16, workers=1)
+    write_split(tmp_path / "split", result.parts, result.classes)
+    write_json(tmp_path / "weights.json", weights_document(result.classes, [1] * len(result.classes), "none", 0.9))
+    decode_split(tmp_path / "split", tmp_path / "decoded", 16, workers=1)
     return tmp_path
+
+
+def tiny_train_config(**changes):
+    """A valid TrainConfig for tests: resnet18, batch 8, 2 epochs on the CPU; `changes` override any field.
+
+    Built from the repository's params.yaml so that every key stays valid, with every value a test
+    depends on set here: tuning params.yaml's defaults changes no test.
+    """
+    from imgclf.config import load_section
+    from imgclf.train import TrainConfig
+
+    cfg = load_section(ROOT / "params.yaml", "train", TrainConfig)
+    fixed = dict(arch="resnet18", pretrained="none", batch_size=8, epochs=2, optimizer="adam", lr=0.0005,
+                 weight_decay=1e-5, scheduler="step", step_size=7, gamma=0.1, warmup_epochs=0, freeze_epochs=0,
+                 label_smoothing=0.0, patience=5, monitor="val_loss", dropout=0.2, balance="sampler",
+                 precision="fp32", compile=False, seed=42, device="cpu")
+    return dataclasses.replace(cfg, **{**fixed, **changes})

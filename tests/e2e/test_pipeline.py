@@ -43,6 +43,11 @@ def set_params(repo, changes):
     (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def touch(path: Path) -> None:
+    """Change a source file without changing what it does."""
+    path.write_text(path.read_text() + "\n# touched\n")
+
+
 def stale_stages(repo):
     """Names of the stages `dvc status` reports as changed."""
     return sorted(json.loads(sh([DVC, "status", "--json"], repo).stdout))
@@ -149,11 +154,26 @@ def test_each_param_and_module_makes_only_its_readers_stale(repo):
             set_params(repo, changes)
             assert stale_stages(repo) == stale, changes
             (repo / "params.yaml").write_text(original)
-        (repo / "imgclf/weights.py").write_text((repo / "imgclf/weights.py").read_text() + "\n# touched\n")
+        touch(repo / "imgclf/compute_weights.py")  # train reads weights.json through it
         assert stale_stages(repo) == ["compute_weights", "train"]
     finally:
         (repo / "params.yaml").write_text(original)
-        sh(["git", "checkout", "--", "imgclf/weights.py"], repo)
+        sh(["git", "checkout", "--", "imgclf/compute_weights.py"], repo)
+    assert stale_stages(repo) == []
+
+
+def test_editing_the_split_module_reruns_split_alone_and_no_training(repo):
+    """The split stage's own logic is a dependency of split only: its outputs, unchanged, stop the rerun there."""
+    try:
+        touch(repo / "imgclf/split.py")
+        assert stale_stages(repo) == ["split"]
+        result = sh([DVC, "repro"], repo)
+        assert "Running stage 'split'" in result.stdout
+        for stage in ("decode", "compute_weights", "train", "evaluate", "predict"):
+            assert f"Running stage '{stage}'" not in result.stdout, stage
+    finally:
+        sh(["git", "checkout", "--", "imgclf/split.py"], repo)
+        sh([DVC, "commit", "-f", "split"], repo)
     assert stale_stages(repo) == []
 
 
@@ -197,9 +217,21 @@ def experiments_in(shown):
     return found
 
 
-def test_queued_grid_runs_every_combination(repo):
-    sh([DVC, "exp", "run", "--queue", "-S", "train.lr=0.001,0.0005", "-S", "train.arch=resnet18,mobilenet_v3_small"],
-       repo)
+def test_queued_sweep_runs_every_combination_with_the_queued_code(repo):
+    """Each queued run ends with our metrics in `dvc exp show`, computed by the code of its own commit.
+
+    A module is edited only for the queue: the workspace is reverted before the queue starts, so the
+    marker metric can only come from the queued copy's code, never from the workspace's.
+    """
+    evaluate = repo / "imgclf/evaluate.py"
+    original = evaluate.read_text()
+    marked = original.replace("    return Evaluation(metrics,", "    metrics[\"queued_code\"] = 1.0\n    return Evaluation(metrics,")
+    assert marked != original
+    evaluate.write_text(marked)
+    try:
+        sh([DVC, "exp", "run", "--queue", "-S", "train.lr=0.001,0.0005"], repo)
+    finally:
+        evaluate.write_text(original)
     sh([DVC, "queue", "start"], repo)
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -209,12 +241,13 @@ def test_queued_grid_runs_every_combination(repo):
         time.sleep(3)
     assert "Failed" not in status, status
     runs = experiments_in(json.loads(sh([DVC, "exp", "show", "--json"], repo).stdout))
-    grid = {(p["train"]["lr"], p["train"]["arch"]): m for p, m in runs}
-    assert {(0.001, "resnet18"), (0.001, "mobilenet_v3_small"), (0.0005, "resnet18"),
-            (0.0005, "mobilenet_v3_small")} <= set(grid)  # besides the earlier lr=0.01 experiment
+    grid = {p["train"]["lr"]: m for p, m in runs if p["train"]["lr"] in (0.001, 0.0005)}
+    assert set(grid) == {0.001, 0.0005}  # besides the earlier lr=0.01 experiment
     for metrics in grid.values():
         assert {"f1_weighted", "f1_macro", "ece"} <= set(metrics["reports/metrics.json"])
+        assert metrics["reports/metrics.json"]["queued_code"] == 1.0
         assert {"best_epoch", "epochs_run"} <= set(metrics["dvclive/metrics.json"])
+    assert "queued_code" not in evaluate.read_text()
 
 
 def test_bad_param_stops_the_pipeline_with_one_line(repo):

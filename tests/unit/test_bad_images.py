@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.data import image_problem, load_image, split_image_folder
-from imgclf.datasets import ImageListDataset, TolerantImageDataset
+from imgclf.batches import ImageListDataset, TolerantImageDataset
 from imgclf.decode import decode_images
+from imgclf.images import load_image
+from imgclf.split import image_problem, split_image_folder
 from imgclf.errors import DataError
 from tests.conftest import write_png
 

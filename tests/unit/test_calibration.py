@@ -6,7 +6,8 @@ import torch
 
 from imgclf.calibration import (calibrated_probabilities, expected_calibration_error, fit_temperature,
                                 reliability_table)
-from imgclf.plots import class_counts, mistakes_gallery, per_class_frame, worst_mistakes
+from imgclf.plots import mistakes_gallery, per_class_frame, worst_mistakes
+from imgclf.split import class_counts
 
 
 def sampled(n=4000, classes=5, seed=0):

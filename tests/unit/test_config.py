@@ -7,12 +7,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf.config import (ComputeWeightsConfig, DemoConfig, EvaluateConfig, PredictConfig, SplitConfig,
-                           TrainConfig, load_section)
+from imgclf.compute_weights import ComputeWeightsConfig
+from imgclf.config import load_section
+from imgclf.decode import DecodeConfig
+from imgclf.demo import DemoConfig
 from imgclf.errors import ConfigError
+from imgclf.evaluate import EvaluateConfig
+from imgclf.predict import PredictConfig
+from imgclf.split import SplitConfig
+from imgclf.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"demo": DemoConfig, "split": SplitConfig, "compute_weights": ComputeWeightsConfig,
+SECTIONS = {"demo": DemoConfig, "split": SplitConfig, "decode": DecodeConfig, "compute_weights": ComputeWeightsConfig,
             "train": TrainConfig, "evaluate": EvaluateConfig, "predict": PredictConfig}
 
 
@@ -37,14 +43,6 @@ def params_with(tmp_path, section, **changes):
 def test_repository_params_are_valid(section):
     config = load_section(ROOT / "params.yaml", section, SECTIONS[section])
     assert isinstance(config, SECTIONS[section])
-
-
-def test_classic_recipe_defaults():
-    cfg = load_section(ROOT / "params.yaml", "train", TrainConfig)
-    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adam", 0.0005, 1e-5)
-    assert (cfg.balance, cfg.monitor, cfg.augment.hflip) == ("sampler", "val_loss", False)
-    split = load_section(ROOT / "params.yaml", "split", SplitConfig)
-    assert (split.train, split.val, split.test) == (0.7, 0.15, 0.15)
 
 
 @pytest.mark.parametrize("section,changes,message", [

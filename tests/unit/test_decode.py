@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.datasets import ImageListDataset
+from imgclf.batches import ImageListDataset
 from imgclf.decode import decode_images, decode_split, open_decoded, read_meta
 from imgclf.errors import DataError
 from tests.conftest import write_png

@@ -6,9 +6,9 @@ import torch
 from torchvision.transforms import v2
 from PIL import Image
 
-from imgclf.config import AugmentConfig
-from imgclf.data import load_image, to_rgb
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, load_resized, resize_uint8
+from imgclf.augment import AugmentConfig, BatchRandomAffine
+from imgclf.images import load_image, load_resized, to_rgb
+from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 
 
 def test_modes_become_rgb():
@@ -30,9 +30,18 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_load_resized_is_uint8_at_the_model_resolution(tmp_path):
     Image.new("RGB", (50, 30), (255, 0, 0)).save(tmp_path / "wide.png")
-    tensor = load_resized(tmp_path / "wide.png", 24)
-    assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.uint8
-    assert tensor[:, 5, 5].tolist() == [255, 0, 0]
+    pixels = load_resized(tmp_path / "wide.png", 24)
+    assert pixels.shape == (3, 24, 24) and pixels.dtype == np.uint8
+    assert pixels[:, 5, 5].tolist() == [255, 0, 0]
+
+
+def test_resize_is_within_one_level_of_torchvisions_antialiased_resize(tmp_path):
+    """Pillow's bilinear (no torch, so predict can run on ONNX Runtime) matches torchvision's to 1/255."""
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "noise.png")
+    ours = torch.from_numpy(load_resized(tmp_path / "noise.png", 24)).int()
+    theirs = v2.functional.resize(torch.from_numpy(pixels).permute(2, 0, 1), [24, 24], antialias=True).int()
+    assert (ours - theirs).abs().max() <= 1
 
 
 def test_jpeg_draft_decode_stays_close_to_a_full_decode(tmp_path):
@@ -41,10 +50,9 @@ def test_jpeg_draft_decode_stays_close_to_a_full_decode(tmp_path):
     ramp = np.linspace(0, 255, 512)[None, :, None] * np.ones((384, 1, 3)) * [1, 0.6, 0.3]
     pixels = np.clip(ramp + rng.normal(0, 8, (384, 512, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=92)
-    drafted = load_resized(tmp_path / "photo.jpg", 48).float()
-    full = resize_uint8(torch.from_numpy(np.array(load_image(tmp_path / "photo.jpg"))).permute(2, 0, 1),
-                        48).float()
-    assert (drafted - full).abs().mean() < 2.0  # grey levels, out of 255
+    drafted = load_resized(tmp_path / "photo.jpg", 48).astype(float)
+    full = np.asarray(load_image(tmp_path / "photo.jpg").resize((48, 48), Image.Resampling.BILINEAR))
+    assert np.abs(drafted - full.transpose(2, 0, 1)).mean() < 2.0  # grey levels, out of 255
 
 
 def test_model_input_normalises_on_the_device():

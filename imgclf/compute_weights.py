@@ -1,17 +1,28 @@
-"""Class weights from label counts alone (the images are never decoded): the compute_weights schemes."""
+"""The compute_weights stage's logic: class weights from label counts alone (no image is decoded), and their file."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import pandas as pd
 
+from imgclf.config import param
 from imgclf.errors import DataError
 
 SCHEMES = ("inverse", "sqrt_inverse", "effective", "none")
+
+
+@dataclass(frozen=True)
+class ComputeWeightsConfig:
+    """Params of the `compute_weights` stage: the class-weight scheme."""
+
+    scheme: Literal["inverse", "sqrt_inverse", "effective", "none"] = param(
+        "inverse: N/count; sqrt_inverse: sqrt(N/count); effective: Cui et al. 2019; none: all 1")
+    beta: float = param("beta of the effective-number scheme", gt=0, lt=1)
 
 
 def count_labels(labels: Sequence[str], classes: Sequence[str]) -> list[int]:

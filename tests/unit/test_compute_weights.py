@@ -11,7 +11,7 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from imgclf.errors import DataError
-from imgclf.weights import class_weights, count_labels, read_weights, weights_document
+from imgclf.compute_weights import class_weights, count_labels, read_weights, weights_document
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTS = [100, 50, 10]

@@ -1,6 +1,6 @@
 """Where batches come from: image files (evaluate, predict) or the decode stage's arrays (train).
 
-All of them yield uint8 images at the model's resolution, prepared by transforms.load_resized;
+All of them yield uint8 images at the model's resolution, prepared by images.load_resized;
 transforms.ModelInput turns a batch into model input on the device.
 """
 
@@ -11,8 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from imgclf.data import describe_error
-from imgclf.transforms import load_resized
+from imgclf.images import describe_error, load_resized
 
 
 class ImageListDataset(torch.utils.data.Dataset):
@@ -27,7 +26,7 @@ class ImageListDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return load_resized(self.paths[index], self.image_size), self.targets[index]
+        return torch.from_numpy(load_resized(self.paths[index], self.image_size)), self.targets[index]
 
 
 class TolerantImageDataset(torch.utils.data.Dataset):
@@ -42,7 +41,7 @@ class TolerantImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return load_resized(self.paths[index], self.image_size), ""
+            return torch.from_numpy(load_resized(self.paths[index], self.image_size)), ""
         except Exception as err:  # reported in the predictions file's status column
             blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
             return blank, f"error: {describe_error(err)}"

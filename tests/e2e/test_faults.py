@@ -13,10 +13,9 @@ import torch
 import yaml
 
 from imgclf.checkpoint import load_checkpoint
-from imgclf.config import EvaluateConfig
-from imgclf.inference import evaluate_model
-from imgclf.training import train_model
-from tests.unit.test_engine import tiny_config
+from imgclf.evaluate import EvaluateConfig, evaluate_model
+from imgclf.train import train_model
+from tests.conftest import tiny_train_config as tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,25 +1,92 @@
-"""The train stage's logic: batches from the decoded split, balancing, optimizer, scheduler, fit, checkpoint."""
+"""The train stage's logic: its params, batches from the decoded split, balancing, optimizer, schedule, checkpoint.
+
+The epoch loop itself (early stopping, best weights) is `imgclf/fit.py`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from typing import Callable, Sequence
+import random
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, WeightedRandomSampler
 
+from imgclf.augment import AugmentConfig, BatchRandomAffine
+from imgclf.batches import DecodedBatches
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, fit_temperature
 from imgclf.checkpoint import save_checkpoint
-from imgclf.config import TrainConfig
-from imgclf.data import read_split
-from imgclf.datasets import DecodedBatches
+from imgclf.config import param
 from imgclf.decode import open_decoded
-from imgclf.engine import FitResult, autocast_dtype, fit, predict_logits, seed_everything
-from imgclf.model import build_model, select_device, set_backbone_trainable
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchRandomAffine, ModelInput, memory_format
+from imgclf.errors import ConfigError
+from imgclf.fit import FitResult, TrainingRun, fit
+from imgclf.inference import autocast_dtype, predict_logits, select_device
+from imgclf.model import build_model, set_backbone_trainable
+from imgclf.split_files import read_split
+from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Params of the `train` stage."""
+
+    arch: str = param("any torchvision classification model name (resnet18, efficientnet_b0, ...)")
+    pretrained: str = param("none | default (torchvision's weights) | path to a local weights file")
+    batch_size: int = param("images per training step", ge=1)
+    epochs: int = param("maximum number of epochs", ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = param("optimizer")
+    lr: float = param("learning rate", gt=0)
+    weight_decay: float = param("weight decay", ge=0)
+    momentum: float = param("SGD momentum (ignored by adam and adamw)", ge=0, lt=1)
+    scheduler: Literal["step", "cosine", "onecycle"] = param(
+        "step: StepLR (the classic recipe); cosine: cosine annealing to 0; onecycle: OneCycleLR per batch")
+    step_size: int = param("StepLR: epochs between learning-rate decays", ge=1)
+    gamma: float = param("StepLR: multiplicative decay", gt=0, le=1)
+    warmup_epochs: int = param("epochs of linear learning-rate warmup from lr/10 (onecycle: its rising phase)",
+                              ge=0)
+    freeze_epochs: int = param("epochs that train only the new output layer before the backbone is unfrozen",
+                              ge=0)
+    label_smoothing: float = param("CrossEntropyLoss label smoothing", ge=0, lt=1)
+    patience: int = param("early stopping: epochs without improvement before stopping", ge=1)
+    monitor: Literal["val_loss", "val_f1"] = param("early stopping monitor (val_f1 is weighted F1)")
+    dropout: float = param("dropout probability right before the new output layer", ge=0, lt=1)
+    balance: Literal["sampler", "loss", "none"] = param(
+        "sampler: WeightedRandomSampler; loss: weighted CrossEntropyLoss; none")
+    augment: AugmentConfig = param("training augmentation")
+    compile: bool = param("wrap the model in torch.compile for training (opt-in; see the README's Speed section)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = param(
+        "auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere; bf16/fp16 force autocast")
+    seed: int = param("seed of weights init, sampling and augmentation", ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto: cuda, then mps, then cpu")
+
+    def validate(self) -> None:
+        """The architecture must exist in torchvision; a local weights file must exist."""
+        archs = torchvision.models.list_models(module=torchvision.models)
+        if self.arch not in archs:
+            close = difflib.get_close_matches(self.arch, archs, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"train.arch: unknown torchvision classification model "
+                              f"'{self.arch}'{hint}")
+        for key in ("warmup_epochs", "freeze_epochs"):
+            if getattr(self, key) >= self.epochs:
+                raise ConfigError(f"train.{key}: must be < train.epochs ({self.epochs}), got {getattr(self, key)}")
+        if self.pretrained not in ("none", "default") and not os.path.isfile(self.pretrained):
+            raise ConfigError(f"train.pretrained: must be none, default or an existing weights "
+                              f"file; '{self.pretrained}' does not exist")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator for the sampler and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -50,11 +117,11 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs]), False
 
 
-def make_train_batches(images: np.ndarray, targets: Sequence[int], cfg: TrainConfig,
+def make_train_batches(images: np.ndarray, targets: Sequence[int], balance: str, batch_size: int,
                        class_weights: Sequence[float], generator: torch.Generator,
                        device: torch.device) -> DecodedBatches:
     """Training batches; with balance=sampler, drawn by a WeightedRandomSampler (with replacement)."""
-    if cfg.balance == "sampler":
+    if balance == "sampler":
         # Per-sample weights from the known targets: no image is decoded to find its label.
         sample_weights = torch.tensor([class_weights[t] for t in targets], dtype=torch.double)
         sampler = WeightedRandomSampler(sample_weights, num_samples=len(targets), replacement=True,
@@ -62,8 +129,8 @@ def make_train_batches(images: np.ndarray, targets: Sequence[int], cfg: TrainCon
     else:
         sampler = RandomSampler(range(len(targets)), generator=generator)
     # A last batch of one image breaks BatchNorm in training mode; drop it only in that case.
-    drop_last = len(targets) % cfg.batch_size == 1 and len(targets) > 1
-    return DecodedBatches(images, targets, BatchSampler(sampler, cfg.batch_size, drop_last),
+    drop_last = len(targets) % batch_size == 1 and len(targets) > 1
+    return DecodedBatches(images, targets, BatchSampler(sampler, batch_size, drop_last),
                           pin_memory=device.type == "cuda")
 
 
@@ -84,11 +151,11 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
     train_images = open_decoded(decoded_dir, "train", train_frame["path"])  # N x 3 x S x S, checked
     image_size = train_images.shape[-1]
-    train_batches = make_train_batches(train_images, train_frame["target"], cfg, class_weights, generator, device)
+    train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
+                                       class_weights, generator, device)
     val_batches = make_val_batches(open_decoded(decoded_dir, "val", val_frame["path"]), val_frame["target"],
                                    cfg.batch_size, device)
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
-    augment = BatchRandomAffine(cfg.augment, prepare.fill(), generator)
 
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
     model = model.to(device, memory_format=memory_format(device))
@@ -102,13 +169,16 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     print(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
           f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
           f"{len(classes)} classes")
-    # Opt-in: on this project's 2-core CPU, resnet18 compiled for 26 s and then ran no faster (293 vs
-    # 307 img/s). The compiled wrapper shares its parameters with `model`, which is what gets saved.
-    step_model = torch.compile(model) if cfg.compile else model
-    result = fit(step_model, train_batches, val_batches, prepare, criterion, optimizer, scheduler, epochs=cfg.epochs,
-                 patience=cfg.patience, monitor=cfg.monitor, device=device, precision=cfg.precision,
-                 augment=augment, scheduler_per_batch=per_batch, freeze_epochs=cfg.freeze_epochs,
-                 set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), on_epoch=on_epoch)
+    # Opt-in (see docs/benchmarks.md). The compiled wrapper shares its parameters with `model`,
+    # which is what gets saved.
+    run = TrainingRun(model=torch.compile(model) if cfg.compile else model, train_batches=train_batches,
+                      val_batches=val_batches, prepare=prepare, criterion=criterion, optimizer=optimizer,
+                      scheduler=scheduler, device=device, precision=cfg.precision,
+                      augment=BatchRandomAffine(cfg.augment, prepare.fill(), generator),
+                      scheduler_per_batch=per_batch,
+                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen))
+    result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
+                 freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch)
     # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
     val_logits, val_targets = predict_logits(model, val_batches, prepare, device, cfg.precision, desc="calibrate")
     result.temperature = fit_temperature(val_logits, val_targets)
@@ -130,12 +200,18 @@ def open_live(directory: str | os.PathLike):
     from scmrepo.exceptions import SCMError
 
     class StageLive(Live):
-        """Live that tolerates a git repository without commits (DVCLive 3.49 raises there)."""
+        """Live that tolerates a git repository without commits.
+
+        A private hook: DVCLive 3.49's `Live._init_dvc` looks up the git HEAD for its experiment
+        bookkeeping and raises `SCMError` in a repository with no commit yet (a new user's first
+        `dvc repro`). Only that bookkeeping needs a commit; the metric files do not.
+        tests/unit/test_train.py fails if DVCLive stops raising there or renames the hook.
+        """
 
         def _init_dvc(self):
             try:
                 super()._init_dvc()
-            except SCMError:  # only the experiment bookkeeping needs a commit; the files do not
+            except SCMError:
                 pass
 
     return StageLive(directory, dvcyaml=False, save_dvc_exp=False)

@@ -1,12 +1,12 @@
-"""Images on disk: scanning an ImageFolder tree, decoding to RGB, stratified splits, split CSVs, datasets."""
+"""The split stage's logic: scan an ImageFolder tree, prove every file by decoding it, split each class."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,67 +15,28 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import PIL
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from imgclf.artifacts import write_json
-from imgclf.errors import DataError
-
-# torchvision's ImageFolder extensions plus GIF (first frame). Written out rather than imported:
-# importing torch would triple the split stage's start-up time and memory. A test keeps them in step.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-# Folders that tools and operating systems create beside real data; never classes.
-SYSTEM_FOLDERS = {"__MACOSX", "__pycache__", "lost+found", "$RECYCLE.BIN", "System Volume Information"}
-# Transparent pixels are composited on white: scans and product photos have white paper behind them.
-BACKGROUND = (255, 255, 255)
+from imgclf.config import param
+from imgclf.errors import ConfigError, DataError
+from imgclf.images import describe_error, has_image_extension, is_hidden, load_image
 
 
-def is_hidden(name: str) -> bool:
-    """True for dot-files/folders (.git, .ipynb_checkpoints, .DS_Store) and system folders."""
-    return name.startswith(".") or name in SYSTEM_FOLDERS
+@dataclass(frozen=True)
+class SplitConfig:
+    """Params of the `split` stage: stratified train/val/test fractions."""
 
+    train: float = param("fraction of each class used for training", gt=0, lt=1)
+    val: float = param("fraction of each class used for validation (early stopping)", gt=0, lt=1)
+    test: float = param("fraction of each class used for the final test", gt=0, lt=1)
+    seed: int = param("seed of the per-class shuffle", ge=0)
 
-def has_image_extension(path: str | os.PathLike) -> bool:
-    """True if the file name ends with an image extension torchvision knows, in any letter case."""
-    return str(path).lower().endswith(IMG_EXTENSIONS)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB: alpha over white, 16-bit scaled (not clipped)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        # 16-bit data would clip to white under Pillow's convert("L"); scale it to 0..255 instead.
-        if values.max(initial=0) > 255:
-            values = values / 257.0
-        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), mode="L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
-    """Fully decode an image file to RGB with its EXIF orientation applied (first frame if animated).
-
-    With `draft_size`, a JPEG may be decoded at a reduced scale, never below draft_size on either side.
-    """
-    with warnings.catch_warnings():
-        # A header that declares a huge image is refused before its pixels are allocated.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.seek(0)
-            if draft_size:
-                img.draft(None, (draft_size, draft_size))  # a no-op for formats other than JPEG
-            img.load()
-            oriented = ImageOps.exif_transpose(img)
-            return to_rgb(oriented)
-
-
-def describe_error(err: Exception) -> str:
-    """`ErrorType: first line of its message`, for a one-line report of why a file failed."""
-    message = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {message}".rstrip(": ")
+    def validate(self) -> None:
+        """The three fractions must add up to 1."""
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ConfigError(f"split.train + split.val + split.test must sum to 1, got {total:g}")
 
 
 def image_problem(path: str | os.PathLike) -> str | None:
@@ -293,51 +254,7 @@ def split_image_folder(root: str | os.PathLike, val: float, test: float, seed: i
     return SplitResult(scan.classes, parts, pd.DataFrame(sorted(rejected), columns=["path", "reason"]))
 
 
-def read_classes(path: str | os.PathLike) -> list[str]:
-    """Read classes.json, the class order written by the split stage."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            classes = json.load(handle)
-    except FileNotFoundError:
-        raise DataError(f"{path}: class list not found (run the split stage first)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise DataError(f"{path}: expected a non-empty JSON list of class names")
-    return classes
-
-
-def read_split_paths(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a split CSV as written by the split stage: columns path,label, every value a string."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found (run the split stage first)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a valid split CSV ({str(err).splitlines()[0]})") from None
-    if list(frame.columns) != ["path", "label"]:
-        raise DataError(f"{path}: expected columns path,label; got {','.join(frame.columns)}")
-    return frame
-
-
-def read_split(path: str | os.PathLike, classes: Sequence[str]) -> pd.DataFrame:
-    """Read a split CSV (`path,label`) and add `target`, the label's index in `classes`."""
-    frame = read_split_paths(path)
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(frame["label"]) - set(index))
-    if unknown:
-        raise DataError(f"{path}: label(s) {', '.join(unknown[:5])} are not among the model's classes")
-    frame["target"] = frame["label"].map(index).astype("int64")
-    return frame
-
-
-def list_images(root: str | os.PathLike) -> list[str]:
-    """All non-hidden files under `root`, recursively and sorted (image extension or not)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: input folder not found")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        found += [(Path(dirpath) / f).as_posix() for f in sorted(filenames) if not is_hidden(f)]
-    return sorted(found)
+def class_counts(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Images per class in one split (`path,label` frame), every class listed, in class order (a plot)."""
+    counts = frame["label"].value_counts()
+    return pd.DataFrame({"class": list(classes), "count": [int(counts.get(c, 0)) for c in classes]})

@@ -1,0 +1,71 @@
+"""The evaluate stage's logic: a saved model scored on the test split, with its calibration before and after."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from imgclf.batches import ImageListDataset
+from imgclf.calibration import calibrated_probabilities, expected_calibration_error, reliability_table
+from imgclf.checkpoint import load_checkpoint
+from imgclf.config import param
+from imgclf.errors import DataError
+from imgclf.inference import loader_options, predict_logits, select_device
+from imgclf.metrics import classification_metrics, report_text
+from imgclf.split_files import read_classes, read_split
+from imgclf.transforms import ModelInput
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Params of the `evaluate` stage."""
+
+    batch_size: int = param("images per forward pass", ge=1)
+    num_workers: int = param("DataLoader worker processes", ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto: cuda, then mps, then cpu")
+
+
+@dataclass
+class Evaluation:
+    """What the evaluate stage writes: metrics, per-image results, the text report, reliability tables."""
+
+    metrics: dict
+    samples: pd.DataFrame  # path, actual, predicted, confidence (calibrated)
+    report: str
+    reliability: dict[str, pd.DataFrame]  # "uncalibrated" and "calibrated" reliability diagrams
+
+
+def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
+                   cfg: EvaluateConfig) -> Evaluation:
+    """Score the model on the test split, with its confidence calibration before and after temperature scaling."""
+    device = select_device(cfg.device)
+    model, meta = load_checkpoint(model_path, device)
+    classes = meta["classes"]
+    if read_classes(classes_path) != classes:
+        raise DataError(f"{classes_path}: classes differ from those {model_path} was trained on; "
+                        f"retrain the model")
+    frame = read_split(test_csv, classes)
+    # The test images are decoded from their files, exactly as predict decodes new images.
+    dataset = ImageListDataset(frame["path"], frame["target"], meta["image_size"])
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                        **loader_options(cfg.num_workers, device))
+    prepare = ModelInput(meta["mean"], meta["std"], device)
+    logits, targets = predict_logits(model, loader, prepare, device, desc="evaluate")
+    predicted = logits.argmax(1).numpy()
+    loss = F.cross_entropy(logits, targets).item()
+    metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
+    raw = calibrated_probabilities(logits, 1.0)
+    calibrated = calibrated_probabilities(logits, meta["temperature"])
+    metrics.update(temperature=meta["temperature"], ece=expected_calibration_error(raw, targets),
+                   ece_calibrated=expected_calibration_error(calibrated, targets),
+                   loss_calibrated=F.cross_entropy(logits / meta["temperature"], targets).item())
+    samples = pd.DataFrame({"path": frame["path"], "actual": frame["label"],
+                            "predicted": [classes[i] for i in predicted],
+                            "confidence": calibrated.max(1).values.numpy().round(6)})
+    reliability = {"uncalibrated": reliability_table(raw, targets), "calibrated": reliability_table(calibrated, targets)}
+    return Evaluation(metrics, samples, report_text(targets.numpy(), predicted, classes), reliability)

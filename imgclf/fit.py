@@ -1,0 +1,159 @@
+"""The train stage's epoch loop: one training epoch, validation, early stopping on the best weights, fit()."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from imgclf.inference import Batches, autocast, autocast_dtype, predict_logits
+from imgclf.metrics import weighted_f1
+
+
+def identity(images: torch.Tensor) -> torch.Tensor:
+    """No augmentation."""
+    return images
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run steps and reads, built once by the train stage and handed to fit().
+
+    `model` is what is stepped (a torch.compile wrapper shares its parameters with the plain model).
+    `scheduler` steps once per epoch, or after every batch when `scheduler_per_batch` (OneCycleLR).
+    `set_frozen(True)` leaves only the output layer trainable (for `freeze_epochs`).
+    """
+
+    model: nn.Module
+    train_batches: Batches
+    val_batches: Batches
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> model input on the device
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    precision: str = "auto"
+    augment: Callable[[torch.Tensor], torch.Tensor] = identity
+    scheduler_per_batch: bool = False
+    set_frozen: Callable[[bool], None] = lambda frozen: None
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Loss scaling is needed only for fp16 on CUDA; bf16 and fp32 pass through unchanged.
+        fp16 = autocast_dtype(self.precision, self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda" and fp16)
+
+
+def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
+    """One pass over the training batches (augmented, after `prepare`); returns the mean loss per image."""
+    run.model.train()
+    total = torch.zeros((), dtype=torch.float32, device=run.device)  # float32: MPS has no float64
+    count = 0
+    progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0)
+    for step, (images, targets) in enumerate(progress, 1):
+        images = run.augment(run.prepare(images))
+        targets = targets.to(run.device, non_blocking=True)
+        with autocast(run.device, run.precision):
+            loss = run.criterion(run.model(images), targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.scheduler_per_batch:
+            run.scheduler.step()
+        # Summed on the device: reading a loss back every step would stall a GPU's queue.
+        total += loss.detach() * len(targets)
+        count += len(targets)
+        if step % 20 == 0:
+            progress.set_postfix(loss=f"{total.item() / count:.4f}", refresh=False)
+    return total.item() / max(count, 1)
+
+
+def validate(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
+             precision: str = "auto", desc: str = "val") -> tuple[float, float]:
+    """Unweighted cross-entropy and weighted F1 of `model` on `loader`."""
+    logits, targets = predict_logits(model, loader, prepare, device, precision, desc=desc)
+    loss = F.cross_entropy(logits, targets).item()
+    return loss, weighted_f1(targets.numpy(), logits.argmax(1).numpy())
+
+
+class EarlyStopping:
+    """Tracks the monitored value, keeps a copy of the best weights, and says when to stop."""
+
+    def __init__(self, patience: int, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+        self.patience = patience
+        self.mode = mode
+        self.best_value = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+
+    def update(self, value: float, model: nn.Module, epoch: int) -> bool:
+        """Record this epoch's value; copy the weights if it is the best so far. Returns improved?"""
+        improved = value < self.best_value if self.mode == "min" else value > self.best_value
+        if improved:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        """True once `patience` epochs in a row brought no improvement."""
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights back into `model` (the last epoch's are rarely the best)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+@dataclass
+class FitResult:
+    """What fit() reports: the best epoch, how many epochs ran, and per-epoch metrics."""
+
+    best_epoch: int
+    epochs_run: int
+    best_value: float
+    history: list[dict] = field(default_factory=list)
+    temperature: float = 1.0  # set by the train stage after calibrating on validation
+
+
+def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_epochs: int = 0,
+        on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
+    """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights.
+
+    For the first `freeze_epochs` epochs only the output layer trains (`run.set_frozen`).
+    """
+    stopper = EarlyStopping(patience, mode="min" if monitor == "val_loss" else "max")
+    history = []
+    for epoch in range(1, epochs + 1):
+        lr = run.optimizer.param_groups[0]["lr"]
+        if freeze_epochs:
+            run.set_frozen(epoch <= freeze_epochs)
+        train_loss = train_one_epoch(run, desc=f"epoch {epoch}/{epochs} train")
+        val_loss, val_f1 = validate(run.model, run.val_batches, run.prepare, run.device, run.precision,
+                                    desc=f"epoch {epoch}/{epochs} val")
+        if not run.scheduler_per_batch:
+            run.scheduler.step()
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
+        history.append(metrics)
+        improved = stopper.update(metrics[monitor], run.model, epoch)
+        tqdm.write(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                   f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
+        on_epoch(metrics)
+        if stopper.should_stop:
+            tqdm.write(f"early stopping: no {monitor} improvement for {patience} epochs")
+            break
+    stopper.restore(run.model)
+    return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history),
+                     best_value=stopper.best_value, history=history)

@@ -1,0 +1,47 @@
+"""Every benchmark runs at a tiny size, so that a refactor cannot break one silently (their numbers are not checked)."""
+
+from benchmarks import gpu, imbalance, predict, split, train, weights
+from benchmarks.common import Table
+
+
+def sections(table: Table) -> set[str]:
+    """The sections a benchmark reported rows for."""
+    return {section for section, _, _ in table.rows}
+
+
+def test_train_benchmark_runs_on_a_tiny_demo():
+    table = train.main(["--datasets", "demo", "--device", "cpu", "--epochs", "1", "--batch-size", "16",
+                        "--demo-per-class", "8"])
+    assert sections(table) == {"train"} and len(table.rows) == 7
+
+
+def test_gpu_benchmark_script_runs_on_the_cpu():
+    table = gpu.main(["--photos", "16", "--device", "cpu", "--epochs", "1", "--image-size", "16",
+                      "--batch-size", "8", "--arch", "mobilenet_v3_small"])
+    assert "loader efficiency" in table.markdown()
+
+
+def test_weights_benchmark():
+    assert len(weights.main(["--images", "24"]).rows) == 2
+
+
+def test_predict_benchmark_measures_two_folder_sizes():
+    table = predict.main(["--images", "12", "--small", "4", "--image-size", "16"])
+    assert [what for _, what, _ in table.rows] == ["predict stage, 4 imgs (incl. start-up)",
+                                                   "predict stage, 12 imgs (incl. start-up)"]
+
+
+def test_split_benchmark_decodes_only_the_added_images():
+    table = split.main(["--images", "40"])
+    assert table.rows[-1][2].endswith("decoded 1")
+
+
+def test_noop_benchmark():
+    from benchmarks import noop
+    assert len(noop.main(["--sizes", "30"]).rows) == 6
+
+
+def test_imbalance_study_runs_one_tiny_configuration():
+    rows = imbalance.main(["--imbalances", "2", "--seeds", "1", "--configs", "1", "--epochs", "1",
+                           "--max-per-class", "12"])
+    assert len(rows) == 1 and len(rows[0][3]) == 1
