@@ -20,8 +20,8 @@ from imgclf.config import load_section
 from imgclf.decode import decode_split
 from imgclf.demo import DemoConfig, write_demo
 from imgclf.evaluate import EvaluateConfig, evaluate_model
-from imgclf.split import SplitConfig, split_image_folder
-from imgclf.split_files import read_split, write_split
+from imgclf.split import SplitConfig, split_image_folder, write_split
+from imgclf.split_files import read_split
 from imgclf.train import TrainConfig, train_model
 
 CONFIGS = [("none", "none"), ("sampler", "inverse"), ("sampler", "sqrt_inverse"), ("loss", "inverse"),
@@ -38,7 +38,7 @@ def prepare(work: Path, imbalance: float, max_per_class: int | None = None) -> t
     result = split_image_folder(work / "raw", split.val, split.test, split.seed)
     write_split(work / "split", result.parts, result.classes)
     decode_split(work / "split", work / "decoded", demo.image_size)
-    counts = count_labels(result.parts["train"]["label"], result.classes)
+    counts = count_labels([label for _, label in result.parts["train"]], result.classes)
     return work, result.classes, counts
 
 

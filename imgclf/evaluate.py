@@ -67,5 +67,6 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     samples = pd.DataFrame({"path": frame["path"], "actual": frame["label"],
                             "predicted": [classes[i] for i in predicted],
                             "confidence": calibrated.max(1).values.numpy().round(6)})
-    reliability = {"uncalibrated": reliability_table(raw, targets), "calibrated": reliability_table(calibrated, targets)}
+    reliability = {"uncalibrated": reliability_table(raw, targets),
+                   "calibrated": reliability_table(calibrated, targets)}
     return Evaluation(metrics, samples, report_text(targets.numpy(), predicted, classes), reliability)

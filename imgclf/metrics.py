@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, classification_report, f1_score,
-                             precision_recall_fscore_support)
+from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_recall_fscore_support
 
 
 def weighted_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:

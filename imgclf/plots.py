@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 

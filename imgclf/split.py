@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import multiprocessing
 import os
-import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
 import PIL
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from imgclf.artifacts import write_json
+from imgclf.artifacts import write_json, write_rows
 from imgclf.config import param
 from imgclf.errors import ConfigError, DataError
-from imgclf.images import describe_error, has_image_extension, is_hidden, load_image
+from imgclf.images import check_decodes, describe_error, has_image_extension, is_hidden
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Params of the `split` stage: stratified train/val/test fractions."""
+    """Params of the `split` stage: per-class train/val/test fractions and the seed of the stable split."""
 
     train: float = param("fraction of each class used for training", gt=0, lt=1)
     val: float = param("fraction of each class used for validation (early stopping)", gt=0, lt=1)
     test: float = param("fraction of each class used for the final test", gt=0, lt=1)
-    seed: int = param("seed of the per-class shuffle", ge=0)
+    seed: int = param("seed of the content-hash split: changing it (or a fraction) is how to reshuffle", ge=0)
 
     def validate(self) -> None:
         """The three fractions must add up to 1."""
@@ -39,12 +39,16 @@ class SplitConfig:
             raise ConfigError(f"split.train + split.val + split.test must sum to 1, got {total:g}")
 
 
-def image_problem(path: str | os.PathLike) -> str | None:
-    """Return why `path` cannot be used as an image (one line), or None if it decodes fully."""
+def image_problem(path: str | os.PathLike, data: bytes | None = None) -> str | None:
+    """Return why `path` (whose bytes are `data`, if already read) cannot be used as an image, or None."""
     try:
-        if os.path.getsize(path) == 0:
+        if data is None:
+            data = Path(path).read_bytes()
+        if not data:
             return "empty file"
-        load_image(path)
+        check_decodes(io.BytesIO(data))
+    except UnidentifiedImageError:  # its message would name the in-memory buffer; rejected.csv names the file
+        return "UnidentifiedImageError: cannot identify image file"
     except Exception as err:  # any decoder failure is a property of the file, reported not raised
         return describe_error(err)
     return None
@@ -88,15 +92,16 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
 
 
 def inspect_file(path: str) -> tuple[str | None, str]:
-    """(why the file is unusable or None, SHA-256 of its bytes): one worker task of the split stage."""
-    digest = hashlib.sha256()
+    """(why the file is unusable or None, SHA-256 of its bytes): one worker task of the split stage.
+
+    The file is read once: its bytes are hashed and then decoded from memory.
+    """
     try:
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            data = handle.read()
     except OSError as err:
         return f"unreadable file: {err.strerror}", ""
-    return image_problem(path), digest.hexdigest()
+    return image_problem(path, data), hashlib.sha256(data).hexdigest()
 
 
 def inspect_files(paths: Sequence[str], workers: int | None = None,
@@ -140,11 +145,11 @@ def _inspect_all(paths: Sequence[str], workers: int | None) -> list[tuple[str | 
     if workers == 1 or len(paths) < 64:
         return [inspect_file(p) for p in tqdm(paths, **progress)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(inspect_file, paths, chunksize=32), **progress))
+        return list(tqdm(pool.imap(inspect_file, paths, chunksize=8), **progress))
 
 
 # The cache is valid only for the same decoder and the same validation rules.
-VALIDATION_CACHE_KEY = f"imgclf.validation/1 Pillow {PIL.__version__}"
+VALIDATION_CACHE_KEY = f"imgclf.validation/2 Pillow {PIL.__version__}"
 
 
 def read_validation_cache(path: str | os.PathLike) -> dict[str, list]:
@@ -182,56 +187,84 @@ def find_label_conflicts(items: Sequence[tuple[str, str, str]]) -> list[tuple[st
     return conflicts
 
 
-def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
-    """Per-class (train, val, test) sizes: rounded fractions, at least one image in each split."""
-    n_val = max(1, int(round(n * val)))
-    n_test = max(1, int(round(n * test)))
-    return n - n_val - n_test, n_val, n_test
+# Part of every image's position: changing it (a new rule) reshuffles everything, like a new seed.
+POSITION_KEY = "imgclf.split/2"
+SPLITS = ("train", "val", "test")
+
+
+def split_position(seed: int, label: str, digest: str) -> float:
+    """An image's fixed place in [0, 1): a SHA-256 of (seed, class, content hash), nothing else.
+
+    hashlib, not Python's hash(), which is salted per process (PYTHONHASHSEED).
+    """
+    key = f"{POSITION_KEY}\0{seed}\0{label}\0{digest}".encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0 ** 64
+
+
+def split_intervals(val: float, test: float) -> dict[str, tuple[float, float]]:
+    """Where each split lies in [0, 1): test first, then val, then train (so a fraction change moves few)."""
+    return {"test": (0.0, test), "val": (test, test + val), "train": (test + val, 1.0)}
+
+
+def assign_splits(positions: dict[str, float], val: float, test: float) -> dict[str, str]:
+    """Each key's split by its position; then, where that leaves a split empty, the nearest image moves in.
+
+    The first rule alone makes an image's split a function of the image (adding, removing or renaming
+    others never moves it). The second is the small-class rule: with p = 0.15, a class of n images
+    has no val (or no test) image with probability 0.85^n (20 images: 4%; 50: 0.03%); then the image
+    whose position is nearest to that split's interval is moved into it, so every split keeps one.
+    Only in such a class can an image move when others are added or removed.
+    """
+    intervals = split_intervals(val, test)
+    where = {key: "test" if u < test else "val" if u < test + val else "train" for key, u in positions.items()}
+    for name, (low, high) in intervals.items():
+        counts = Counter(where.values())
+        if counts[name]:
+            continue
+        # The nearest position to the empty interval, from a split that can spare one; ties by key.
+        donor = min((key for key in where if counts[where[key]] > 1),
+                    key=lambda key: (max(low - positions[key], positions[key] - high, 0.0), key))
+        where[donor] = name
+    return where
 
 
 def stratified_split(files: Sequence[tuple[str, str]], classes: Sequence[str], val: float, test: float,
-                     seed: int, groups: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
-    """Split (path, class) pairs per class into train/val/test frames of `path,label`, deterministically.
+                     seed: int, digests: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Split (path, class) pairs into train/val/test rows of (path, label), each image by its content hash.
 
-    Files that share a `groups` key (byte-identical copies) always land in the same split, so a
-    duplicate can never leak from train into test; fractions then count groups, not files.
+    An image's split depends only on its content (`digests`: path -> SHA-256), its class, the seed
+    and the fractions: not on which other files exist, their names or their order. Byte-identical
+    copies share a hash, so they always land together and a duplicate never leaks from train into
+    test. Per class the shares are binomial around the fractions (see assign_splits for small classes).
     """
     by_class: dict[str, dict[str, list[str]]] = {c: {} for c in classes}
     for path, label in files:
-        key = groups.get(path, path) if groups else path
-        by_class[label].setdefault(key, []).append(path)
-    parts: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+        by_class[label].setdefault(digests[path], []).append(path)
+    parts: dict[str, list[tuple[str, str]]] = {name: [] for name in SPLITS}
     for label in classes:
-        units = sorted(sorted(paths) for paths in by_class[label].values())
-        n_train, n_val, n_test = split_counts(len(units), val, test)
-        if n_train < 1:
+        units = by_class[label]
+        if len(units) < 3:
             raise DataError(f"class '{label}' has {len(units)} valid distinct image(s); at least 3 are "
                             f"needed so that train, val and test each get one")
-        # Seeded per class by name, so that adding a class does not reshuffle the others.
-        rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
-        order = [units[i] for i in rng.permutation(len(units))]
-        for name, chosen in (("val", order[:n_val]), ("test", order[n_val:n_val + n_test]),
-                             ("train", order[n_val + n_test:])):
-            parts[name] += [(path, label) for unit in chosen for path in unit]
-    return {name: pd.DataFrame(sorted(rows, key=lambda r: (classes.index(r[1]), r[0])),
-                               columns=["path", "label"]) for name, rows in parts.items()}
+        where = assign_splits({digest: split_position(seed, label, digest) for digest in units}, val, test)
+        for digest, name in where.items():
+            parts[name] += [(path, label) for path in units[digest]]
+    order = {label: k for k, label in enumerate(classes)}
+    return {name: sorted(rows, key=lambda r: (order[r[1]], r[0])) for name, rows in parts.items()}
 
 
 @dataclass
 class SplitResult:
-    """What the split stage writes: class order, the three splits, and every rejected file."""
+    """What the split stage writes: class order, the three splits' (path, label) rows, every rejected file."""
 
     classes: list[str]
-    parts: dict[str, pd.DataFrame]
-    rejected: pd.DataFrame
+    parts: dict[str, list[tuple[str, str]]]
+    rejected: list[tuple[str, str]]  # (path, reason), sorted
 
 
 def split_image_folder(root: str | os.PathLike, val: float, test: float, seed: int,
                        workers: int | None = None, cache_path: str | os.PathLike | None = None) -> SplitResult:
-    """Scan `root`, decode every image, drop bad files and label conflicts, split the rest by class.
-
-    Train gets whatever val and test leave of each class.
-    """
+    """Scan `root`, decode every image, drop bad files and label conflicts, split the rest by content hash."""
     scan = scan_image_folder(root)
     inspected = inspect_files([path for path, _ in scan.candidates], workers, cache_path)
     rejected = list(scan.rejected)
@@ -250,11 +283,24 @@ def split_image_folder(root: str | os.PathLike, val: float, test: float, seed: i
         if name not in found:
             raise DataError(f"{Path(root) / name}: class folder has no valid image")
     parts = stratified_split([(p, label) for p, label, _ in valid], scan.classes, val, test, seed,
-                             groups={p: digest for p, _, digest in valid})
-    return SplitResult(scan.classes, parts, pd.DataFrame(sorted(rejected), columns=["path", "reason"]))
+                             digests={p: digest for p, _, digest in valid})
+    return SplitResult(scan.classes, parts, sorted(rejected))
 
 
-def class_counts(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Images per class in one split (`path,label` frame), every class listed, in class order (a plot)."""
-    counts = frame["label"].value_counts()
-    return pd.DataFrame({"class": list(classes), "count": [int(counts.get(c, 0)) for c in classes]})
+def class_counts(rows: Sequence[tuple[str, str]], classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(class, images) for one split's (path, label) rows, every class listed, in class order (a plot)."""
+    counts = Counter(label for _, label in rows)
+    return [(name, counts[name]) for name in classes]
+
+
+def write_split(out_dir: str | os.PathLike, parts: dict[str, Sequence[tuple[str, str]]],
+                classes: Sequence[str]) -> None:
+    """Write `out_dir`/{train,val,test}.csv (`path,label`) and classes.json, each atomically.
+
+    The format split_files reads; written with the csv module, because pandas alone would cost the
+    split stage a quarter of a second of start-up.
+    """
+    out_dir = Path(out_dir)
+    for name in SPLITS:
+        write_rows(out_dir / f"{name}.csv", ["path", "label"], parts[name])
+    write_json(out_dir / "classes.json", list(classes))

@@ -1,26 +1,17 @@
-"""The split stage's files, read and written in one place: train/val/test CSVs (`path,label`) and classes.json."""
+"""Reading the split stage's files (train/val/test CSVs of `path,label`, classes.json), for every later stage.
+
+They are written by `split.write_split`; tests keep the two in step.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-from imgclf.artifacts import write_csv, write_json
 from imgclf.errors import DataError
-
-SPLITS = ("train", "val", "test")
-
-
-def write_split(out_dir: str | os.PathLike, parts: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> None:
-    """Write `out_dir`/{train,val,test}.csv (`path,label` frames) and classes.json, each atomically."""
-    out_dir = Path(out_dir)
-    for name in SPLITS:
-        write_csv(out_dir / f"{name}.csv", parts[name][["path", "label"]])
-    write_json(out_dir / "classes.json", list(classes))
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:

@@ -196,8 +196,9 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
 
 def open_live(directory: str | os.PathLike):
     """A DVCLive logger for a stage of a hand-written dvc.yaml (dvcyaml=False, no experiment saving)."""
-    from dvclive import Live
     from scmrepo.exceptions import SCMError
+
+    from dvclive import Live
 
     class StageLive(Live):
         """Live that tolerates a git repository without commits.

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: path,actual,predicted per test image (confusion plot)")
     parser.add_argument("--report", default="reports/classification_report.txt",
                         help="output: scikit-learn's text classification report")
-    parser.add_argument("--per-class", default="reports/per_class.csv", help="output: class,precision,recall,f1,support")
+    parser.add_argument("--per-class", default="reports/per_class.csv",
+                        help="output: class,precision,recall,f1,support")
     parser.add_argument("--reliability", default="reports/reliability",
                         help="output folder: uncalibrated.csv and calibrated.csv (reliability diagrams)")
     parser.add_argument("--mistakes", default="reports/mistakes.png", help="output: gallery of the worst mistakes")

@@ -1,13 +1,13 @@
 """Stage `split`: validate every image under data/raw and write stratified train/val/test CSVs."""
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
-from imgclf.artifacts import write_csv
+from imgclf.artifacts import write_rows
 from imgclf.config import load_section
 from imgclf.errors import stage_main
-from imgclf.split import SplitConfig, class_counts, split_image_folder
-from imgclf.split_files import write_split
+from imgclf.split import SplitConfig, class_counts, split_image_folder, write_split
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +33,12 @@ def main() -> None:
 
     out = Path(args.out)
     write_split(out, result.parts, result.classes)
-    write_csv(out / "rejected.csv", result.rejected)
-    for name, frame in result.parts.items():
-        write_csv(Path(args.counts) / f"{name}.csv", class_counts(frame, result.classes))
-    sizes = ", ".join(f"{name} {len(frame)}" for name, frame in result.parts.items())
-    reasons = result.rejected["reason"].str.split(":").str[0].value_counts()
-    why = "".join(f"\n  {count} {reason}" for reason, count in reasons.items())
+    write_rows(out / "rejected.csv", ["path", "reason"], result.rejected)
+    for name, rows in result.parts.items():
+        write_rows(Path(args.counts) / f"{name}.csv", ["class", "count"], class_counts(rows, result.classes))
+    sizes = ", ".join(f"{name} {len(rows)}" for name, rows in result.parts.items())
+    reasons = Counter(reason.split(":")[0] for _, reason in result.rejected).most_common()
+    why = "".join(f"\n  {count} {reason}" for reason, count in reasons)
     print(f"{len(result.classes)} classes; {sizes}; rejected {len(result.rejected)} "
           f"(listed in {out / 'rejected.csv'}){why}")
 

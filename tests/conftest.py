@@ -4,15 +4,73 @@ import contextlib
 import dataclasses
 import importlib
 import io
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- end-to-end builders: a temporary git + DVC repository with this pipeline ---
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+TINY = {
+    "demo": {"num_classes": 3, "max_per_class": 24, "imbalance": 2.0, "image_size": 16},
+    "decode": {"image_size": 16},
+    "train": {"batch_size": 16, "epochs": 2, "device": "cpu"},
+    "evaluate": {"device": "cpu"},
+    "predict": {"device": "cpu", "min_confidence": 0.0},
+}
+
+
+def sh(args, cwd, check=True):
+    """Run a command in the temporary repository; fail with its output if it fails."""
+    # Stage commands call `python`: make it this interpreter, as an activated venv does.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(repo, changes):
+    """Rewrite params.yaml with nested `changes` applied."""
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        data[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def touch(path: Path) -> None:
+    """Change a source file without changing what it does."""
+    path.write_text(path.read_text() + "\n# touched\n")
+
+
+def stale_stages(repo):
+    """Names of the stages `dvc status` reports as changed."""
+    return sorted(json.loads(sh([DVC, "status", "--json"], repo).stdout))
+
+
+def new_project(repo: Path, pipeline: dict) -> None:
+    """Copy the pipeline's code and params into `repo` with `pipeline` as dvc.yaml; git and DVC init."""
+    for name in ("params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "imgclf"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    sh([DVC, "config", "core.analytics", "false"], repo)
 
 
 def write_png(path: Path, value: int, size: int = 16) -> Path:
@@ -86,8 +144,7 @@ def prepared(tmp_path: Path, image_folder: Path) -> Path:
     from imgclf.artifacts import write_json
     from imgclf.compute_weights import weights_document
     from imgclf.decode import decode_split
-    from imgclf.split import split_image_folder
-    from imgclf.split_files import write_split
+    from imgclf.split import split_image_folder, write_split
 
     result = split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1)
     write_split(tmp_path / "split", result.parts, result.classes)

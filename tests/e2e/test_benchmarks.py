@@ -31,9 +31,11 @@ def test_predict_benchmark_measures_two_folder_sizes():
                                                    "predict stage, 12 imgs (incl. start-up)"]
 
 
-def test_split_benchmark_decodes_only_the_added_images():
-    table = split.main(["--images", "40"])
-    assert table.rows[-1][2].endswith("decoded 1")
+def test_split_benchmark_measures_cost_cache_and_stability():
+    table = split.main(["--photos", "12", "--images", "40", "--demo-per-class", "30"])
+    values = {what: value for _, what, value in table.rows}
+    assert values["split stage after adding 1 imgs (1%)"].endswith("decoded 1")
+    assert values["demo +10%: earlier images that changed split"].split()[0].isdigit()
 
 
 def test_noop_benchmark():

@@ -32,7 +32,8 @@ def prepared(prepared):
 def start_train(workdir: Path) -> subprocess.Popen:
     """Start the real train stage script."""
     return subprocess.Popen([sys.executable, str(ROOT / "stages/train.py"), "--params", "params.yaml",
-                             "--split", "split", "--decoded", "decoded", "--weights", "weights.json", "--model", "models/model.pt",
+                             "--split", "split", "--decoded", "decoded", "--weights", "weights.json",
+                             "--model", "models/model.pt",
                              "--live", "live"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -1,10 +1,6 @@
 """End to end: the real `dvc repro` and `dvc exp run` on a tiny demo dataset in a temporary git repo."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,59 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import DVC, TINY, new_project, set_params, sh, stale_stages, touch
+
 ROOT = Path(__file__).resolve().parents[2]
-DVC = str(Path(sys.executable).with_name("dvc"))
-TINY = {
-    "demo": {"num_classes": 3, "max_per_class": 24, "imbalance": 2.0, "image_size": 16},
-    "decode": {"image_size": 16},
-    "train": {"batch_size": 16, "epochs": 2, "device": "cpu"},
-    "evaluate": {"device": "cpu"},
-    "predict": {"device": "cpu", "min_confidence": 0.0},
-}
-
-
-def sh(args, cwd, check=True):
-    """Run a command in the temporary repository; fail with its output if it fails."""
-    # Stage commands call `python`: make it this interpreter, as an activated venv does.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def set_params(repo, changes):
-    """Rewrite params.yaml with nested `changes` applied."""
-    data = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        data[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def touch(path: Path) -> None:
-    """Change a source file without changing what it does."""
-    path.write_text(path.read_text() + "\n# touched\n")
-
-
-def stale_stages(repo):
-    """Names of the stages `dvc status` reports as changed."""
-    return sorted(json.loads(sh([DVC, "status", "--json"], repo).stdout))
-
-
-def new_project(repo: Path, pipeline: dict) -> None:
-    """Copy the pipeline's code and params into `repo` with `pipeline` as dvc.yaml; git and DVC init."""
-    for name in ("params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for folder in ("stages", "imgclf"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    sh(["git", "init", "-q"], repo)
-    sh([DVC, "init", "-q"], repo)
-    sh([DVC, "config", "core.analytics", "false"], repo)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro`."""
@@ -225,7 +171,8 @@ def test_queued_sweep_runs_every_combination_with_the_queued_code(repo):
     """
     evaluate = repo / "imgclf/evaluate.py"
     original = evaluate.read_text()
-    marked = original.replace("    return Evaluation(metrics,", "    metrics[\"queued_code\"] = 1.0\n    return Evaluation(metrics,")
+    marked = original.replace("    return Evaluation(metrics,",
+                              "    metrics[\"queued_code\"] = 1.0\n    return Evaluation(metrics,")
     assert marked != original
     evaluate.write_text(marked)
     try:
@@ -269,8 +216,8 @@ def test_misspelt_experiment_key_fails_clearly(repo):
 
 
 def test_repro_on_a_dirty_folder_trains_on_the_good_images_and_reports_the_rest(tmp_path):
-    from tests.unit.test_bad_images import encoded, mode_images, photo, png_header_only
     from tests.conftest import write_png
+    from tests.unit.test_bad_images import encoded, mode_images, photo, png_header_only
 
     repo = tmp_path / "dirty"
     repo.mkdir()

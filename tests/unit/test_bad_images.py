@@ -1,7 +1,6 @@
 """Adversarial images: each bad kind is built here and must get its specific outcome."""
 
 import io
-import resource
 import struct
 import subprocess
 import sys
@@ -16,9 +15,9 @@ from PIL import Image
 
 from imgclf.batches import ImageListDataset, TolerantImageDataset
 from imgclf.decode import decode_images
+from imgclf.errors import DataError
 from imgclf.images import load_image
 from imgclf.split import image_problem, split_image_folder
-from imgclf.errors import DataError
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +66,22 @@ def test_truncated_halfway(tmp_path, fmt):
         with Image.open(path) as img:
             img.verify()  # the check most tutorials use passes on a truncated JPEG ...
     assert "truncated" in image_problem(path).lower()  # ... a full decode does not
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_validation_catches_every_truncation_a_full_decode_catches(tmp_path, progressive):
+    """Validation decodes JPEGs at 1/8 scale; cut anywhere, it must fail exactly where a full decode fails."""
+    data = encoded(photo((320, 240)), "JPEG", progressive=progressive)
+    for cut in [len(data) * k // 30 for k in range(1, 30)] + [len(data) - 10, len(data) - 2]:
+        path = tmp_path / f"cut{cut}.jpg"
+        path.write_bytes(data[:cut])
+        try:
+            load_image(path)
+            full_fails = False
+        except Exception:
+            full_fails = True
+        assert (image_problem(path) is not None) == full_fails, cut
+        assert full_fails  # every cut here truncates the entropy-coded data
 
 
 def test_decompression_bomb_over_twice_the_limit(tmp_path):
@@ -169,10 +184,10 @@ def test_duplicates_stay_in_one_split_and_conflicts_are_reported(tmp_path, image
         (image_folder / "a" / f"copy{i}.png").write_bytes(source.read_bytes())
     (image_folder / "b" / "stray.png").write_bytes((image_folder / "c" / "c00.png").read_bytes())
     result = split_image_folder(image_folder, 0.15, 0.15, seed=0)
-    where = {path: name for name, frame in result.parts.items() for path in frame["path"]}
+    where = {path: name for name, rows in result.parts.items() for path, _ in rows}
     copies = [str((image_folder / "a" / n).as_posix()) for n in ("a00.png", "copy0.png", "copy1.png", "copy2.png")]
     assert len({where[p] for p in copies}) == 1  # identical files never straddle train and test
-    reasons = dict(zip(result.rejected["path"], result.rejected["reason"]))
+    reasons = dict(result.rejected)
     stray, original = (image_folder / "b" / "stray.png").as_posix(), (image_folder / "c" / "c00.png").as_posix()
     assert reasons[stray] == f"label conflict: identical to {original} in class 'c'"
     assert reasons[original] == f"label conflict: identical to {stray} in class 'b'"
@@ -185,7 +200,7 @@ def test_system_folders_never_become_classes(tmp_path, image_folder):
     (image_folder / "a" / "scan.tga.bak").write_text("x")
     result = split_image_folder(image_folder, 0.15, 0.15, seed=0)
     assert result.classes == ["a", "b", "c"]
-    reasons = result.rejected["reason"].tolist()
+    reasons = [reason for _, reason in result.rejected]
     assert reasons.count("hidden or system folder, skipped") == 3
     assert reasons.count("unsupported file extension") == 1
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from torchvision.transforms import v2
 from PIL import Image
+from torchvision.transforms import v2
 
 from imgclf.augment import AugmentConfig, BatchRandomAffine
 from imgclf.images import load_image, load_resized, to_rgb
@@ -117,6 +117,7 @@ def test_batch_affine_keeps_channels_last_and_gives_the_same_values():
     # The CUDA path feeds NHWC batches; the draws and the result must not depend on the layout.
     images = torch.rand(8, 3, 12, 12)
     plain = affine(rotation=20, translate=0.1, scale=0.1, hflip=True)(images)
-    nhwc = affine(rotation=20, translate=0.1, scale=0.1, hflip=True)(images.contiguous(memory_format=torch.channels_last))
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    nhwc = affine(rotation=20, translate=0.1, scale=0.1, hflip=True)(channels_last)
     assert nhwc.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(plain, nhwc, atol=1e-5)

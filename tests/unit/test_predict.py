@@ -87,9 +87,10 @@ def test_missing_model_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_evaluate_refuses_a_model_trained_on_other_classes(tmp_path, tiny_checkpoint):
+    import pytest
+
     from imgclf.errors import DataError
     from imgclf.evaluate import EvaluateConfig, evaluate_model
-    import pytest
 
     (tmp_path / "classes.json").write_text('["a", "b", "d"]')
     (tmp_path / "test.csv").write_text("path,label\nx.png,a\n")

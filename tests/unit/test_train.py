@@ -1,8 +1,7 @@
-"""The train stage and its epoch loop: early stopping keeps the best weights; batches, sampler, schedules, a real fit."""
+"""The train stage and its epoch loop: early stopping keeps the best weights; batches, sampler, schedules, fit."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,9 +243,9 @@ def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
     """
     import subprocess
 
-    from dvclive import Live
     from scmrepo.exceptions import SCMError
 
+    from dvclive import Live
     from imgclf.train import open_live
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
