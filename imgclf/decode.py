@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from imgclf.artifacts import atomic_path, write_json
 from imgclf.config import param
-from imgclf.errors import DataError
+from imgclf.errors import DataError, ignore_interrupts
 from imgclf.images import describe_error, load_resized
 from imgclf.split_files import read_split_paths
 
@@ -60,7 +60,7 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(paths), 3, image_size, image_size))
         progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
-        pool = multiprocessing.get_context("fork").Pool(workers) if parallel else None
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if parallel else None
         try:
             results = pool.imap(_decode_one, tasks, chunksize=16) if pool else map(_decode_one, tasks)
             for index, pixels in enumerate(tqdm(results, **progress)):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -19,16 +21,36 @@ class DataError(PipelineError):
     """Input data that the pipeline cannot use: a missing folder, an empty class, a bad checkpoint."""
 
 
-def stage_main(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main() so that a PipelineError prints `error: ...` and exits with status 2."""
+def stage_main(main: Callable[[], None] | None = None, *, interrupted: str = "rerun it to start again") \
+        -> Callable[[], None] | Callable[[Callable[[], None]], Callable[[], None]]:
+    """Wrap a stage's main(): a PipelineError prints `error: ...` and exits 2; Ctrl-C prints one line, exits 130.
 
-    @functools.wraps(main)
-    def wrapper() -> None:
-        try:
-            main()
-        except PipelineError as err:
-            # One line naming the file or key; the traceback would only bury it.
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+    Used bare (`@stage_main`) or with the sentence that tells the user what rerunning does
+    (`@stage_main(interrupted="...")`). Nothing is half-written either way: every artifact is written
+    to a temporary file and renamed into place, and an interrupted write removes its temporary file.
+    """
 
-    return wrapper
+    def decorate(function: Callable[[], None]) -> Callable[[], None]:
+        @functools.wraps(function)
+        def wrapper() -> None:
+            try:
+                function()
+            except PipelineError as err:
+                # One line naming the file or key; the traceback would only bury it.
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
+                print(f"\ninterrupted: stage {stage} stopped by Ctrl-C; nothing was left half-written; "
+                      f"{interrupted}", file=sys.stderr)
+                sys.exit(130)  # 128 + SIGINT, as shells report it
+
+        return wrapper
+
+    return decorate(main) if main is not None else decorate
+
+
+def ignore_interrupts() -> None:
+    """Worker-process initializer: Ctrl-C reaches the whole process group; only the stage's main process
+    handles it (one line, exit 130), the workers are then terminated, without tracebacks of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from imgclf.inference import Batches, autocast, autocast_dtype, predict_logits
 from imgclf.metrics import weighted_f1
+from imgclf.resume import restore_rng_states, rng_states
 
 
 def identity(images: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,7 @@ class TrainingRun:
     augment: Callable[[torch.Tensor], torch.Tensor] = identity
     scheduler_per_batch: bool = False
     set_frozen: Callable[[bool], None] = lambda frozen: None
+    generator: torch.Generator | None = None  # the sampler's and augmentation's: saved with the state
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +118,22 @@ class EarlyStopping:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
 
+    def state_dict(self, epoch: int) -> dict:
+        """What resuming after `epoch` needs: the counters and the best weights.
+
+        When `epoch` is the best so far, its weights are the model's own, saved beside: no second copy.
+        """
+        best = None if self.best_epoch == epoch else self.best_state
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_state": best}
+
+    def load_state_dict(self, state: dict, model: nn.Module) -> None:
+        """Continue from state_dict()'s counters and best weights (`model`'s, when it was the best)."""
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+        self.best_state = state["best_state"] if state["best_state"] is not None else \
+            copy.deepcopy(model.state_dict())
+
 
 @dataclass
 class FitResult:
@@ -128,15 +146,40 @@ class FitResult:
     temperature: float = 1.0  # set by the train stage after calibrating on validation
 
 
+def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epoch: int) -> dict:
+    """Everything needed to continue `run` after `epoch` exactly as if it had never stopped."""
+    return {"epoch": epoch, "history": list(history), "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "stopper": stopper.state_dict(epoch),
+            "rng": rng_states(run.generator)}
+
+
+def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> list[dict]:
+    """Put `run` and `stopper` back where run_state() saved them; returns the history so far."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    stopper.load_state_dict(state["stopper"], run.model)
+    restore_rng_states(state["rng"], run.generator)
+    return list(state["history"])
+
+
 def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_epochs: int = 0,
-        on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
+        on_epoch: Callable[[dict], None] = lambda metrics: None, resume_from: dict | None = None,
+        save_state: Callable[[dict], None] | None = None) -> FitResult:
     """Train up to `epochs`, validate each epoch, stop early on `monitor`, and restore the best weights.
 
-    For the first `freeze_epochs` epochs only the output layer trains (`run.set_frozen`).
+    For the first `freeze_epochs` epochs only the output layer trains (`run.set_frozen`). After every
+    epoch `save_state` receives run_state(); a run given that state as `resume_from` replays the
+    saved epochs to `on_epoch` and continues with the next one, bit for bit as if never stopped.
     """
     stopper = EarlyStopping(patience, mode="min" if monitor == "val_loss" else "max")
-    history = []
-    for epoch in range(1, epochs + 1):
+    history = load_run_state(run, stopper, resume_from) if resume_from else []
+    for metrics in history:
+        on_epoch(metrics)  # the loggers' history is rebuilt, step for step
+    first = len(history) + 1 if not stopper.should_stop else epochs + 1
+    for epoch in range(first, epochs + 1):
         lr = run.optimizer.param_groups[0]["lr"]
         if freeze_epochs:
             run.set_frozen(epoch <= freeze_epochs)
@@ -151,6 +194,8 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         tqdm.write(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                    f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
         on_epoch(metrics)
+        if save_state is not None:
+            save_state(run_state(run, stopper, history, epoch))
         if stopper.should_stop:
             tqdm.write(f"early stopping: no {monitor} improvement for {patience} epochs")
             break

@@ -10,6 +10,7 @@ import difflib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from imgclf.errors import ConfigError
 from imgclf.fit import FitResult, TrainingRun, fit
 from imgclf.inference import autocast_dtype, predict_logits, select_device
 from imgclf.model import build_model, set_backbone_trainable
+from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
@@ -143,9 +145,13 @@ def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int
 
 def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | os.PathLike,
                 decoded_dir: str | os.PathLike, classes: Sequence[str], class_weights: Sequence[float],
-                model_path: str | os.PathLike,
-                on_epoch: Callable[[dict], None] = lambda metrics: None) -> FitResult:
-    """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`."""
+                model_path: str | os.PathLike, on_epoch: Callable[[dict], None] = lambda metrics: None,
+                state_path: str | os.PathLike | None = None) -> FitResult:
+    """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`.
+
+    With `state_path`, the whole training state is saved there after every epoch; a later call with
+    the same params and inputs resumes from it (bit-exact on the CPU), and a completed run removes it.
+    """
     device = select_device(cfg.device)
     generator = seed_everything(cfg.seed)
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
@@ -176,9 +182,21 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
                       scheduler=scheduler, device=device, precision=cfg.precision,
                       augment=BatchRandomAffine(cfg.augment, prepare.fill(), generator),
                       scheduler_per_batch=per_batch,
-                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen))
-    result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
-                 freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch)
+                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), generator=generator)
+    resume_from, writer = None, None
+    if state_path is not None:
+        fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
+                                     classes=list(classes), class_weights=list(class_weights))
+        resume_from = load_state(state_path, fingerprint)
+        if resume_from is not None:
+            print(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
+        writer = StateWriter(state_path, fingerprint)
+    try:
+        result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
+                     freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch, resume_from=resume_from, save_state=writer)
+    finally:
+        if writer is not None:
+            writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
     # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
     val_logits, val_targets = predict_logits(model, val_batches, prepare, device, cfg.precision, desc="calibrate")
     result.temperature = fit_temperature(val_logits, val_targets)
@@ -191,14 +209,15 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
           f"temperature {result.temperature:.3f} (validation ECE {ece[0]:.4f} -> {ece[1]:.4f}); "
           f"wrote {model_path}")
+    if state_path is not None:
+        remove_state(state_path)  # the run is complete: nothing to resume
     return result
 
 
 def open_live(directory: str | os.PathLike):
     """A DVCLive logger for a stage of a hand-written dvc.yaml (dvcyaml=False, no experiment saving)."""
-    from scmrepo.exceptions import SCMError
-
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
     class StageLive(Live):
         """Live that tolerates a git repository without commits.

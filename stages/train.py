@@ -19,10 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="data/weights.json", help="input: class weights")
     parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
     parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
+    parser.add_argument("--state", default=".cache/train_state.pt",
+                        help="the training state saved after every epoch, to resume an interrupted run from "
+                             "(not a DVC output: DVC deletes those before a stage runs; removed when done)")
     return parser
 
 
-@stage_main
+@stage_main(interrupted="its progress is saved after every epoch: rerun `dvc repro` to resume")
 def main() -> None:
     """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
     args = build_parser().parse_args()
@@ -39,7 +42,7 @@ def main() -> None:
             live.next_step()
 
         result = train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights,
-                             args.model, on_epoch=log_epoch)
+                             args.model, on_epoch=log_epoch, state_path=args.state)
         best = result.history[result.best_epoch - 1]
         # The summary describes the model that was saved (the best epoch), not the last one.
         live.summary.update({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,

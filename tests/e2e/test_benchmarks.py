@@ -1,6 +1,6 @@
 """Every benchmark runs at a tiny size, so that a refactor cannot break one silently (their numbers are not checked)."""
 
-from benchmarks import gpu, imbalance, predict, split, train, weights
+from benchmarks import gpu, imbalance, predict, resume, split, train, weights
 from benchmarks.common import Table
 
 
@@ -47,3 +47,8 @@ def test_imbalance_study_runs_one_tiny_configuration():
     rows = imbalance.main(["--imbalances", "2", "--seeds", "1", "--configs", "1", "--epochs", "1",
                            "--max-per-class", "12"])
     assert len(rows) == 1 and len(rows[0][3]) == 1
+
+
+def test_resume_benchmark():
+    table = resume.main(["--epochs", "2", "--rounds", "1", "--demo-per-class", "25"])
+    assert len(table.rows) == 3 and not table.rows[-1][2].strip().startswith("0.0")

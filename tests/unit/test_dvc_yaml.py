@@ -1,6 +1,7 @@
 """dvc.yaml lists exactly the code and params each stage reads, so `dvc status` is never wrong."""
 
 import dataclasses
+import functools
 import importlib
 import json
 import shlex
@@ -35,6 +36,7 @@ print(json.dumps({{"files": files, "torch": "torch" in sys.modules}}))
 """
 
 
+@functools.cache
 def stage_imports(name: str) -> dict:
     """{"files": the repository files the stage imports, "torch": whether torch was imported}."""
     out = subprocess.run([sys.executable, "-c", IMPORTED.format(name=name)], capture_output=True, text=True,

@@ -243,9 +243,9 @@ def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
     """
     import subprocess
 
+    from dvclive import Live
     from scmrepo.exceptions import SCMError
 
-    from dvclive import Live
     from imgclf.train import open_live
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

@@ -1,0 +1,133 @@
+"""Exact resume: a run stopped after any epoch and resumed ends bit-identical to one never stopped."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from imgclf import train as train_module
+from imgclf.resume import FORMAT, StateWriter
+from imgclf.train import train_model
+from tests.conftest import tiny_train_config
+
+
+class Killed(Exception):
+    """Stands in for the process dying (the SIGKILL tests in tests/e2e do it for real)."""
+
+
+def run(prepared, cfg, name, state=None, kill_at=None):
+    """Train; with `kill_at`, die right after epoch `kill_at`'s state is on disk."""
+    logged = []
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    save = StateWriter.__call__
+
+    def save_then_die(writer, snapshot):
+        save(writer, snapshot)
+        if snapshot["epoch"] == kill_at:
+            writer.wait()
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StateWriter, "__call__", save_then_die)
+        result = train_model(cfg, prepared / "split/train.csv", prepared / "split/val.csv", prepared / "decoded",
+                             classes, [1.0, 2.0, 3.0], prepared / f"{name}.pt", on_epoch=logged.append,
+                             state_path=state)
+    return result, logged
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+SETTINGS = {
+    "step": {},
+    "cosine_warmup": {"scheduler": "cosine", "warmup_epochs": 2},
+    "onecycle": {"scheduler": "onecycle", "warmup_epochs": 1},
+    "freeze_smoothing": {"freeze_epochs": 2, "label_smoothing": 0.1, "optimizer": "sgd"},
+    "val_f1_loss_balance": {"monitor": "val_f1", "balance": "loss", "optimizer": "adamw"},
+    "early_stop": {"patience": 1, "lr": 0.05},
+}
+# The classic recipe runs in the fast tier; every other setting in the full suite.
+MATRIX = [pytest.param(name, marks=() if name == "step" else pytest.mark.e2e) for name in SETTINGS]
+
+
+@pytest.mark.parametrize("setting", MATRIX)
+def test_resume_after_a_kill_is_bit_identical(prepared, setting):
+    cfg = tiny_train_config(epochs=5, **SETTINGS[setting])
+    state = prepared / ".cache/train_state.pt"
+    plain, plain_log = run(prepared, cfg, "plain")  # no state file at all
+    with pytest.raises(Killed):
+        run(prepared, cfg, "resumed", state, kill_at=min(2, plain.epochs_run))  # in the patience window
+    assert state.exists() and not (prepared / "resumed.pt").exists()
+    resumed, resumed_log = run(prepared, cfg, "resumed", state)
+    assert not state.exists()  # a completed run removes its state
+    a, b = weights(prepared / "plain.pt"), weights(prepared / "resumed.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed.best_epoch, resumed.epochs_run, resumed.history) == (plain.best_epoch, plain.epochs_run,
+                                                                          plain.history)
+    assert resumed_log == plain_log  # the loggers see every epoch once: replayed, then continued
+    assert len(resumed_log) == resumed.epochs_run
+    assert resumed.temperature == plain.temperature
+
+
+@pytest.mark.e2e  # slow for the fast tier: three short trainings
+def test_killed_after_the_last_epoch_before_the_model_is_written(prepared, monkeypatch):
+    cfg = tiny_train_config(epochs=3)
+    state = prepared / "state.pt"
+    plain, _ = run(prepared, cfg, "plain")
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", die)
+        with pytest.raises(Killed):
+            run(prepared, cfg, "resumed", state)
+    assert torch.load(state, weights_only=True)["epoch"] == 3
+    run(prepared, cfg, "resumed", state)  # no epoch left to train: calibrate and write
+    a, b = weights(prepared / "plain.pt"), weights(prepared / "resumed.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.e2e
+def test_changed_params_start_fresh_and_say_why(prepared, capsys):
+    state = prepared / "state.pt"
+    with pytest.raises(Killed):
+        run(prepared, tiny_train_config(epochs=3), "m", state, kill_at=2)
+    capsys.readouterr()
+    run(prepared, tiny_train_config(epochs=3, lr=0.002), "m", state)
+    out = capsys.readouterr().out
+    assert "not resuming from" in out and "train.lr changed" in out and "resuming from epoch" not in out
+
+
+def test_resume_says_where_it_continues(prepared, capsys):
+    state = prepared / "state.pt"
+    with pytest.raises(Killed):
+        run(prepared, tiny_train_config(epochs=3), "m", state, kill_at=2)
+    capsys.readouterr()
+    run(prepared, tiny_train_config(epochs=3), "m", state)
+    assert f"resuming from epoch 2 of 3 (saved in {state})" in capsys.readouterr().out
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("content", [b"not a state", pickle.dumps({"format": FORMAT}),
+                                     b"\x80\x04\x95" + b"\x00" * 20])
+def test_unreadable_or_foreign_state_is_ignored_with_a_warning(prepared, capsys, content):
+    state = prepared / "state.pt"
+    state.write_bytes(content)
+    result, _ = run(prepared, tiny_train_config(epochs=1), "m", state)
+    out = capsys.readouterr().out
+    assert "warning:" in out and "not a resumable training state" in out and result.epochs_run == 1
+
+
+def test_a_pickled_payload_in_the_state_file_is_never_executed(prepared, capsys, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"format": FORMAT, "params": {}, "inputs": {}, "x": Payload()}, prepared / "state.pt")
+    run(prepared, tiny_train_config(epochs=1), "m", prepared / "state.pt")
+    assert not marker.exists() and "warning:" in capsys.readouterr().out
