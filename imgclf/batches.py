@@ -66,6 +66,12 @@ class DecodedBatches:
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell a distributed sampler which epoch's draw to make (the same on every rank); others ignore it."""
+        sampler = getattr(self.batch_sampler, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for indices in self.batch_sampler:
             index = np.asarray(indices, dtype=np.int64)

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -20,6 +21,13 @@ from typing import Any, Literal
 import yaml
 
 from imgclf.errors import ConfigError
+
+
+class Device(str):
+    """The type of a device param: auto | cpu | mps | cuda | cuda:N (one GPU of several, e.g. one per queued run)."""
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def param(text: str, *, ge: float | None = None, gt: float | None = None,
@@ -86,6 +94,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         choices = typing.get_args(hint)
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if hint is Device:
+        if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
+            raise ConfigError(f"{key}: must be auto, cpu, mps, cuda or cuda:N; got {value!r}")
         return value
     if hint is bool:
         if not isinstance(value, bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,18 +37,26 @@ def stage_main(main: Callable[[], None] | None = None, *, interrupted: str = "re
             try:
                 function()
             except PipelineError as err:
-                # One line naming the file or key; the traceback would only bury it.
-                print(f"error: {err}", file=sys.stderr)
+                # One line naming the file or key; the traceback would only bury it. Under torchrun
+                # every process meets the same error: rank 0 alone says it.
+                if _is_main_process():
+                    print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
             except KeyboardInterrupt:
                 stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
-                print(f"\ninterrupted: stage {stage} stopped by Ctrl-C; nothing was left half-written; "
-                      f"{interrupted}", file=sys.stderr)
+                if _is_main_process():
+                    print(f"\ninterrupted: stage {stage} stopped by Ctrl-C; nothing was left half-written; "
+                          f"{interrupted}", file=sys.stderr)
                 sys.exit(130)  # 128 + SIGINT, as shells report it
 
         return wrapper
 
     return decorate(main) if main is not None else decorate
+
+
+def _is_main_process() -> bool:
+    """False in the processes of rank > 0 that torchrun starts (RANK is set by it)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def ignore_interrupts() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import pandas as pd
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader
 from imgclf.batches import ImageListDataset
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, reliability_table
 from imgclf.checkpoint import load_checkpoint
-from imgclf.config import param
+from imgclf.config import Device, param
 from imgclf.errors import DataError
 from imgclf.inference import loader_options, predict_logits, select_device
 from imgclf.metrics import classification_metrics, report_text
@@ -27,7 +26,7 @@ class EvaluateConfig:
 
     batch_size: int = param("images per forward pass", ge=1)
     num_workers: int = param("DataLoader worker processes", ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto: cuda, then mps, then cpu")
+    device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from imgclf.distributed import World
 from imgclf.inference import Batches, autocast, autocast_dtype, predict_logits
 from imgclf.metrics import weighted_f1
 from imgclf.resume import restore_rng_states, rng_states
@@ -44,6 +45,8 @@ class TrainingRun:
     scheduler_per_batch: bool = False
     set_frozen: Callable[[bool], None] = lambda frozen: None
     generator: torch.Generator | None = None  # the sampler's and augmentation's: saved with the state
+    world: World = World()  # this process's rank; val_batches then hold its shard of the validation set
+    eval_model: nn.Module | None = None  # what validates (the plain model under DDP); default `model`
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,11 +56,15 @@ class TrainingRun:
 
 
 def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
-    """One pass over the training batches (augmented, after `prepare`); returns the mean loss per image."""
+    """One pass over the training batches (augmented, after `prepare`); returns the mean loss per image.
+
+    Under DDP the loss is this process's; the gradients are averaged over the processes by DDP.
+    """
     run.model.train()
     total = torch.zeros((), dtype=torch.float32, device=run.device)  # float32: MPS has no float64
     count = 0
-    progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0)
+    progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0,
+                    disable=not run.world.is_main)
     for step, (images, targets) in enumerate(progress, 1):
         images = run.augment(run.prepare(images))
         targets = targets.to(run.device, non_blocking=True)
@@ -77,10 +84,37 @@ def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
     return total.item() / max(count, 1)
 
 
+def all_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device, precision: str = "auto",
+               desc: str = "val", world: World = World()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of the whole validation set, in its order, on every process.
+
+    Under DDP each process holds positions rank, rank + world_size, ... (no padding: every image
+    counts once); their logits are gathered and interleaved back. The model's buffers (BatchNorm's
+    running statistics) are first made rank 0's, so every process scores the same weights.
+    """
+    if world.distributed:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+    logits, targets = predict_logits(model, loader, prepare, device, precision, desc=desc,
+                                     progress=world.is_main)
+    if not world.distributed:
+        return logits, targets
+    parts = world.gather((logits, targets))
+    total = sum(len(t) for _, t in parts)
+    classes = max(part.shape[1] for part, _ in parts)  # a rank with no image returns 0 x 0
+    full_logits = torch.empty(total, classes)
+    full_targets = torch.empty(total, dtype=torch.long)
+    for rank, (part_logits, part_targets) in enumerate(parts):
+        if len(part_targets):
+            full_logits[rank::world.world_size] = part_logits
+            full_targets[rank::world.world_size] = part_targets
+    return full_logits, full_targets
+
+
 def validate(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
-             precision: str = "auto", desc: str = "val") -> tuple[float, float]:
-    """Unweighted cross-entropy and weighted F1 of `model` on `loader`."""
-    logits, targets = predict_logits(model, loader, prepare, device, precision, desc=desc)
+             precision: str = "auto", desc: str = "val", world: World = World()) -> tuple[float, float]:
+    """Unweighted cross-entropy and weighted F1 of `model` on the whole validation set (the same on every rank)."""
+    logits, targets = all_logits(model, loader, prepare, device, precision, desc, world)
     loss = F.cross_entropy(logits, targets).item()
     return loss, weighted_f1(targets.numpy(), logits.argmax(1).numpy())
 
@@ -151,7 +185,7 @@ def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epo
     return {"epoch": epoch, "history": list(history), "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "stopper": stopper.state_dict(epoch),
-            "rng": rng_states(run.generator)}
+            "rng": run.world.gather(rng_states(run.generator))}  # every process's, by rank
 
 
 def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> list[dict]:
@@ -161,7 +195,9 @@ def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> lis
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     stopper.load_state_dict(state["stopper"], run.model)
-    restore_rng_states(state["rng"], run.generator)
+    if len(state["rng"]) != run.world.world_size:  # the fingerprint holds the world size: a bug if reached
+        raise ValueError(f"a state of {len(state['rng'])} processes cannot resume {run.world.world_size}")
+    restore_rng_states(state["rng"][run.world.rank], run.generator)
     return list(state["history"])
 
 
@@ -179,25 +215,28 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
     for metrics in history:
         on_epoch(metrics)  # the loggers' history is rebuilt, step for step
     first = len(history) + 1 if not stopper.should_stop else epochs + 1
+    say = tqdm.write if run.world.is_main else (lambda text: None)
+    evaluator = run.eval_model if run.eval_model is not None else run.model
     for epoch in range(first, epochs + 1):
+        getattr(run.train_batches, "set_epoch", lambda e: None)(epoch)
         lr = run.optimizer.param_groups[0]["lr"]
         if freeze_epochs:
             run.set_frozen(epoch <= freeze_epochs)
         train_loss = train_one_epoch(run, desc=f"epoch {epoch}/{epochs} train")
-        val_loss, val_f1 = validate(run.model, run.val_batches, run.prepare, run.device, run.precision,
-                                    desc=f"epoch {epoch}/{epochs} val")
+        val_loss, val_f1 = validate(evaluator, run.val_batches, run.prepare, run.device, run.precision,
+                                    desc=f"epoch {epoch}/{epochs} val", world=run.world)
         if not run.scheduler_per_batch:
             run.scheduler.step()
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
         history.append(metrics)
         improved = stopper.update(metrics[monitor], run.model, epoch)
-        tqdm.write(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+        say(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                    f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
         on_epoch(metrics)
         if save_state is not None:
             save_state(run_state(run, stopper, history, epoch))
         if stopper.should_stop:
-            tqdm.write(f"early stopping: no {monitor} improvement for {patience} epochs")
+            say(f"early stopping: no {monitor} improvement for {patience} epochs")
             break
     stopper.restore(run.model)
     return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history),

@@ -22,8 +22,10 @@ def select_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA GPU is available")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} was asked for but no CUDA GPU is available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name} was asked for but this machine has {torch.cuda.device_count()} GPU(s)")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device: mps was asked for but it is not available")
     return torch.device(name)
@@ -54,11 +56,12 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
-                   precision: str = "auto", desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+                   precision: str = "auto", desc: str = "predict",
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits and targets (on the CPU) for every uint8 batch of `loader`, in order."""
     model.eval()
     all_logits, all_targets = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0):
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0, disable=not progress):
         with autocast(device, precision):
             logits = model(prepare(images))
         all_logits.append(logits.float().cpu())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -15,7 +15,7 @@ from imgclf.artifacts import atomic_open
 from imgclf.batches import TolerantImageDataset
 from imgclf.calibration import calibrated_probabilities
 from imgclf.checkpoint import load_checkpoint
-from imgclf.config import param
+from imgclf.config import Device, param
 from imgclf.images import list_images
 from imgclf.inference import autocast, loader_options, select_device
 from imgclf.transforms import ModelInput
@@ -29,7 +29,7 @@ class PredictConfig:
     min_confidence: float = param("rows whose calibrated confidence is below this get status `uncertain`",
                                  ge=0, le=1)
     num_workers: int = param("DataLoader worker processes", ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto: cuda, then mps, then cpu")
+    device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
 
 def predict_folder(model_path: str | os.PathLike, input_dir: str | os.PathLike, output_path: str | os.PathLike,

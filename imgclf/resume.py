@@ -100,8 +100,9 @@ def save_state(path: str | os.PathLike, fingerprint: Fingerprint, state: dict) -
         serialization_config.save.compute_crc32 = crc
 
 
-def load_state(path: str | os.PathLike, fingerprint: Fingerprint) -> dict | None:
-    """The saved state if it belongs to `fingerprint`; otherwise None, with one line saying why."""
+def load_state(path: str | os.PathLike, fingerprint: Fingerprint, quiet: bool = False) -> dict | None:
+    """The saved state if it belongs to `fingerprint`; otherwise None, with one line saying why (unless `quiet`)."""
+    say = (lambda text: None) if quiet else tqdm.write
     path = Path(path)
     if not path.exists():
         return None
@@ -113,12 +114,12 @@ def load_state(path: str | os.PathLike, fingerprint: Fingerprint) -> dict | None
             raise ValueError(f"not a {FORMAT} file")
         saved = Fingerprint(data["params"], data["inputs"])
     except Exception as err:  # unreadable, foreign or pickled code: never fatal, never executed
-        tqdm.write(f"warning: {path}: ignored, not a resumable training state "
+        say(f"warning: {path}: ignored, not a resumable training state "
                    f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); starting fresh")
         return None
     changed = fingerprint.differences(saved)
     if changed:
-        tqdm.write(f"not resuming from {path}: {', '.join(changed[:5])} changed since it was saved; starting fresh")
+        say(f"not resuming from {path}: {', '.join(changed[:5])} changed since it was saved; starting fresh")
         return None
     return data
 

@@ -17,17 +17,19 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
 from imgclf.augment import AugmentConfig, BatchRandomAffine
 from imgclf.batches import DecodedBatches
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, fit_temperature
 from imgclf.checkpoint import save_checkpoint
-from imgclf.config import param
+from imgclf.config import Device, param
 from imgclf.decode import open_decoded
+from imgclf.distributed import DistributedWeightedSampler, World, shard
 from imgclf.errors import ConfigError
-from imgclf.fit import FitResult, TrainingRun, fit
-from imgclf.inference import autocast_dtype, predict_logits, select_device
+from imgclf.fit import FitResult, TrainingRun, all_logits, fit
+from imgclf.inference import autocast_dtype, select_device
 from imgclf.model import build_model, set_backbone_trainable
 from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
@@ -61,11 +63,13 @@ class TrainConfig:
     balance: Literal["sampler", "loss", "none"] = param(
         "sampler: WeightedRandomSampler; loss: weighted CrossEntropyLoss; none")
     augment: AugmentConfig = param("training augmentation")
+    nproc_per_node: int = param("training processes on this machine, as torchrun's --nproc-per-node: one per GPU "
+                                "(NCCL), or CPU processes (gloo); batch_size is per process", ge=1)
     compile: bool = param("wrap the model in torch.compile for training (opt-in; see the README's Speed section)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = param(
         "auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere; bf16/fp16 force autocast")
     seed: int = param("seed of weights init, sampling and augmentation", ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto: cuda, then mps, then cpu")
+    device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
     def validate(self) -> None:
         """The architecture must exist in torchvision; a local weights file must exist."""
@@ -121,25 +125,34 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
 
 def make_train_batches(images: np.ndarray, targets: Sequence[int], balance: str, batch_size: int,
                        class_weights: Sequence[float], generator: torch.Generator,
-                       device: torch.device) -> DecodedBatches:
-    """Training batches; with balance=sampler, drawn by a WeightedRandomSampler (with replacement)."""
-    if balance == "sampler":
-        # Per-sample weights from the known targets: no image is decoded to find its label.
-        sample_weights = torch.tensor([class_weights[t] for t in targets], dtype=torch.double)
-        sampler = WeightedRandomSampler(sample_weights, num_samples=len(targets), replacement=True,
-                                        generator=generator)
+                       device: torch.device, world: World = World(), seed: int = 0) -> DecodedBatches:
+    """Training batches; with balance=sampler, drawn by a WeightedRandomSampler (with replacement).
+
+    In one process that is torch's WeightedRandomSampler (or RandomSampler) drawing from `generator`,
+    the classic recipe. Under DDP each process takes its shard of one shared draw per epoch, seeded
+    by `seed` and the epoch (DistributedWeightedSampler); `batch_size` is per process.
+    """
+    # Per-sample weights from the known targets: no image is decoded to find its label.
+    sample_weights = [class_weights[t] for t in targets] if balance == "sampler" else None
+    if world.distributed:
+        sampler = DistributedWeightedSampler(sample_weights, len(targets), world_size=world.world_size,
+                                             rank=world.rank, seed=seed)
+    elif sample_weights is not None:
+        sampler = WeightedRandomSampler(torch.tensor(sample_weights, dtype=torch.double), num_samples=len(targets),
+                                        replacement=True, generator=generator)
     else:
         sampler = RandomSampler(range(len(targets)), generator=generator)
     # A last batch of one image breaks BatchNorm in training mode; drop it only in that case.
-    drop_last = len(targets) % batch_size == 1 and len(targets) > 1
+    drop_last = len(sampler) % batch_size == 1 and len(sampler) > 1
     return DecodedBatches(images, targets, BatchSampler(sampler, batch_size, drop_last),
                           pin_memory=device.type == "cuda")
 
 
 def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int,
-                     device: torch.device) -> DecodedBatches:
-    """Validation batches in file order, never augmented."""
-    return DecodedBatches(images, targets, BatchSampler(SequentialSampler(range(len(targets))), batch_size, False),
+                     device: torch.device, world: World = World()) -> DecodedBatches:
+    """Validation batches in file order, never augmented; under DDP this process's shard (no padding)."""
+    positions = shard(len(targets), world)
+    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, False),
                           pin_memory=device.type == "cuda")
 
 
@@ -151,20 +164,31 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
 
     With `state_path`, the whole training state is saved there after every epoch; a later call with
     the same params and inputs resumes from it (bit-exact on the CPU), and a completed run removes it.
+    Under torchrun (several processes) only rank 0 writes, prints and calls `on_epoch`.
     """
+    world = World.from_env()
     device = select_device(cfg.device)
-    generator = seed_everything(cfg.seed)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    world.start(device)
+    say = print if world.is_main else (lambda *args, **kwargs: None)
+    # Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
+    generator = seed_everything(cfg.seed + world.rank)
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
     train_images = open_decoded(decoded_dir, "train", train_frame["path"])  # N x 3 x S x S, checked
     image_size = train_images.shape[-1]
     train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
-                                       class_weights, generator, device)
+                                       class_weights, generator, device, world, cfg.seed)
     val_batches = make_val_batches(open_decoded(decoded_dir, "val", val_frame["path"]), val_frame["target"],
-                                   cfg.batch_size, device)
+                                   cfg.batch_size, device, world)
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
 
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
     model = model.to(device, memory_format=memory_format(device))
+    # DDP averages the gradients over the processes (and starts them all from rank 0's weights).
+    stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world.distributed else model
     loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -172,45 +196,52 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
-    print(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
-          f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
-          f"{len(classes)} classes")
+    processes = f", {world.world_size} processes of batch {cfg.batch_size}" if world.distributed else ""
+    say(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
+        f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
+        f"{len(classes)} classes{processes}")
     # Opt-in (see docs/benchmarks.md). The compiled wrapper shares its parameters with `model`,
     # which is what gets saved.
-    run = TrainingRun(model=torch.compile(model) if cfg.compile else model, train_batches=train_batches,
+    run = TrainingRun(model=torch.compile(stepped) if cfg.compile else stepped, train_batches=train_batches,
                       val_batches=val_batches, prepare=prepare, criterion=criterion, optimizer=optimizer,
                       scheduler=scheduler, device=device, precision=cfg.precision,
                       augment=BatchRandomAffine(cfg.augment, prepare.fill(), generator),
                       scheduler_per_batch=per_batch,
-                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), generator=generator)
+                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), generator=generator,
+                      world=world, eval_model=model if world.distributed else None)
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
-                                     classes=list(classes), class_weights=list(class_weights))
-        resume_from = load_state(state_path, fingerprint)
+                                     classes=list(classes), class_weights=list(class_weights),
+                                     world_size=world.world_size)
+        resume_from = load_state(state_path, fingerprint, quiet=not world.is_main)
         if resume_from is not None:
-            print(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
-        writer = StateWriter(state_path, fingerprint)
+            say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
+        writer = StateWriter(state_path, fingerprint) if world.is_main else None
     try:
         result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
-                     freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch, resume_from=resume_from, save_state=writer)
+                     freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch if world.is_main else lambda metrics: None,
+                     resume_from=resume_from,
+                     save_state=None if state_path is None else (writer or (lambda state: None)))
     finally:
         if writer is not None:
             writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
     # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
-    val_logits, val_targets = predict_logits(model, val_batches, prepare, device, cfg.precision, desc="calibrate")
+    val_logits, val_targets = all_logits(model, val_batches, prepare, device, cfg.precision, "calibrate", world)
     result.temperature = fit_temperature(val_logits, val_targets)
     ece = [expected_calibration_error(calibrated_probabilities(val_logits, t), val_targets)
            for t in (1.0, result.temperature)]
-    save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
-                    mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
-                    params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
-                    epochs_run=result.epochs_run, temperature=result.temperature)
-    print(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
-          f"temperature {result.temperature:.3f} (validation ECE {ece[0]:.4f} -> {ece[1]:.4f}); "
-          f"wrote {model_path}")
-    if state_path is not None:
+    if world.is_main:
+        save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
+                        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
+                        params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
+                        epochs_run=result.epochs_run, temperature=result.temperature)
+    say(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
+        f"temperature {result.temperature:.3f} (validation ECE {ece[0]:.4f} -> {ece[1]:.4f}); "
+        f"wrote {model_path}")
+    if state_path is not None and world.is_main:
         remove_state(state_path)  # the run is complete: nothing to resume
+    world.stop()
     return result
 
 

@@ -1,10 +1,13 @@
 """Stage `train`: fine-tune a torchvision model on the decoded split, with early stopping; write models/model.pt."""
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from imgclf.compute_weights import read_weights
 from imgclf.config import load_section
+from imgclf.distributed import World, launch
 from imgclf.errors import stage_main
 from imgclf.split_files import read_classes
 from imgclf.train import TrainConfig, open_live, train_model
@@ -33,6 +36,14 @@ def main() -> None:
     split = Path(args.split)
     classes = read_classes(split / "classes.json")
     class_weights = read_weights(args.weights, classes)
+    world = World.from_env()
+    if cfg.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        # This process becomes torchrun (torch's elastic launcher) for nproc_per_node copies of itself.
+        sys.exit(launch(cfg.nproc_per_node, "stages.train", sys.argv[1:], root=Path(__file__).resolve().parents[1]))
+    if not world.is_main:  # only rank 0 logs (and writes); the others train and validate their shards
+        train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights, args.model,
+                    state_path=args.state)
+        return
 
     # dvc.yaml is written by hand and declares these metrics and plots itself.
     with open_live(args.live) as live:

@@ -1,0 +1,193 @@
+"""torchrun DDP on the CPU (gloo): 2 processes from one stage, 2 "machines", failures, resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def workdir(prepared):
+    """The prepared inputs plus params for 4 epochs of resnet18 in 2 CPU processes."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(batch_size=4, epochs=4, patience=4, device="cpu", nproc_per_node=2)
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    return prepared
+
+
+def train_args(name: str) -> list[str]:
+    """The train stage's flags, its outputs under `name`/."""
+    return ["--params", "params.yaml", "--split", "split", "--decoded", "decoded", "--weights", "weights.json",
+            "--model", f"{name}/model.pt", "--live", f"{name}/live", "--state", f"{name}/state.pt"]
+
+
+def start(workdir: Path, name: str) -> subprocess.Popen:
+    """The stage as dvc.yaml runs it; with nproc_per_node 2 it starts its 2 processes itself."""
+    return subprocess.Popen([sys.executable, "-m", "stages.train", *train_args(name)], cwd=workdir, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[str, str]:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return out, err
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_two_processes_write_one_model_and_validate_every_sample_once(workdir):
+    out, _ = finish(start(workdir, "ddp"))
+    assert "2 processes of batch 4" in out and out.count("epoch 1/4:") == 1  # rank 0 alone prints
+    assert sorted(os.listdir(workdir / "ddp")) == ["live", "model.pt"]
+    summary = json.loads((workdir / "ddp/live/metrics.json").read_text())
+    assert summary["epochs_run"] == 4
+    assert len((workdir / "ddp/live/plots/metrics/val_loss.tsv").read_text().splitlines()) == 1 + 4
+
+    # The same weights scored in one process: the same validation loss and F1 as the 2 processes logged.
+    from imgclf.checkpoint import load_checkpoint
+    from imgclf.decode import open_decoded
+    from imgclf.fit import validate
+    from imgclf.split_files import read_split
+    from imgclf.train import make_val_batches
+    from imgclf.transforms import ModelInput
+
+    model, meta = load_checkpoint(workdir / "ddp/model.pt")
+    frame = read_split(workdir / "split/val.csv", meta["classes"])
+    batches = make_val_batches(open_decoded(workdir / "decoded", "val", frame["path"]), frame["target"], 3,
+                               torch.device("cpu"))
+    loss, f1 = validate(model, batches, ModelInput(meta["mean"], meta["std"], torch.device("cpu")),
+                        torch.device("cpu"), "fp32")
+    assert loss == pytest.approx(summary["val_loss"], rel=1e-5, abs=1e-6)
+    assert f1 == pytest.approx(summary["val_f1"], abs=1e-9)
+
+
+def _rank_worker(rank: int, workdir: str, port: int, epochs: int) -> None:
+    """One of two processes: train, recording a checksum of its parameters after every epoch."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from imgclf import fit as fit_module
+    from imgclf.train import train_model
+    from tests.conftest import tiny_train_config
+
+    sums, real = [], fit_module.validate
+
+    def validate_and_record(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)  # after the epoch's training, with rank 0's buffers
+        sums.append([float(t.double().sum()) for t in model.state_dict().values()])
+        return result
+
+    fit_module.validate = validate_and_record
+    work = Path(workdir)
+    classes = json.loads((work / "split/classes.json").read_text())
+    train_model(tiny_train_config(epochs=epochs, batch_size=4), work / "split/train.csv", work / "split/val.csv",
+                work / "decoded", classes, [1.0, 2.0, 3.0], work / f"rank{rank}.pt")
+    (work / f"sums{rank}.json").write_text(json.dumps(sums))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_parameters_are_identical_on_both_ranks_after_every_epoch(workdir):
+    torch.multiprocessing.spawn(_rank_worker, args=(str(workdir), free_port(), 3), nprocs=2, join=True)
+    sums = [json.loads((workdir / f"sums{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(sums[0]) == 3 and sums[0] == sums[1]
+    assert (workdir / "rank0.pt").exists() and not (workdir / "rank1.pt").exists()  # rank 0 alone writes
+
+
+def test_an_error_ends_every_process_with_one_line(workdir):
+    (workdir / "split/val.csv").write_text("\n".join((workdir / "split/val.csv").read_text().splitlines()[:-1]) + "\n")
+    run = start(workdir, "broken")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in err.strip().splitlines() if line.strip()][-1:]  # exactly one line
+    assert "decoded from another val split" in errors[0]
+    assert not (workdir / "broken/model.pt").exists()
+
+
+def workers_of(process: subprocess.Popen) -> dict[int, psutil.Process]:
+    """The training processes a launcher started, by rank."""
+    found = {}
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except psutil.Error:
+            continue
+        if rank is not None and "stages.train" in " ".join(child.cmdline()):
+            found[int(rank)] = child
+    return found
+
+
+def test_a_killed_process_ends_the_run_within_seconds(workdir):
+    run = start(workdir, "killed")
+    deadline = time.time() + 120
+    while len(workers_of(run)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # training under way
+    workers = workers_of(run)
+    workers[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    _, err = run.communicate(timeout=120)
+    assert time.time() - killed_at < 60
+    assert run.returncode == 2 and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: training process of rank 1 died (SIGKILL)")
+    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE  # rank 0 stopped too
+
+
+def test_a_killed_two_process_run_resumes_from_its_last_epoch(workdir):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"].update(epochs=10, patience=10)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    finish(start(workdir, "reference"))
+    run = start(workdir, "resumed")
+    state = workdir / "resumed/state.pt"
+    while run.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and both processes, as a lost machine
+    run.wait()
+    out, _ = finish(start(workdir, "resumed"))
+    assert "resuming from epoch" in out
+    a, b = weights(workdir / "reference/model.pt"), weights(workdir / "resumed/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # each rank's random state was restored too
+
+
+def test_two_machines_of_one_process_each(workdir):
+    """Two torchrun agents on localhost meeting by c10d rendezvous: what two machines on shared storage do."""
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"]["nproc_per_node"] = 1  # one process per "machine": torchrun starts them, not the stage
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    endpoint = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "imgclf-test",
+               "--rdzv-conf", "join_timeout=60", "--max-restarts", "0", "-m", "stages.train", *train_args("nodes")]
+    machines = [subprocess.Popen(command, cwd=workdir, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for machine in machines:
+        _, err = machine.communicate(timeout=300)
+        assert machine.returncode == 0, err
+    assert sorted(os.listdir(workdir / "nodes")) == ["live", "model.pt"]
+    summary = json.loads((workdir / "nodes/live/metrics.json").read_text())
+    history = (workdir / "nodes/live/plots/metrics/val_loss.tsv").read_text().splitlines()
+    assert len(history) == 1 + summary["epochs_run"]
