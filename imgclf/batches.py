@@ -1,4 +1,4 @@
-"""Where batches come from: image files (evaluate, predict) or the decode stage's arrays (train).
+"""Where batches come from: image files (evaluate) or the decode stage's arrays (train); predict has its own.
 
 All of them yield uint8 images at the model's resolution, prepared by images.load_resized;
 transforms.ModelInput turns a batch into model input on the device.
@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from imgclf.images import describe_error, load_resized
+from imgclf.images import load_resized
 
 
 class ImageListDataset(torch.utils.data.Dataset):
@@ -27,24 +27,6 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return torch.from_numpy(load_resized(self.paths[index], self.image_size)), self.targets[index]
-
-
-class TolerantImageDataset(torch.utils.data.Dataset):
-    """Images for prediction: an unreadable file yields a blank image and its error, not an exception."""
-
-    def __init__(self, paths: Sequence[str], image_size: int):
-        self.paths = list(paths)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            return torch.from_numpy(load_resized(self.paths[index], self.image_size)), ""
-        except Exception as err:  # reported in the predictions file's status column
-            blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
-            return blank, f"error: {describe_error(err)}"
 
 
 class DecodedBatches:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from imgclf.artifacts import atomic_open
+from imgclf.calibration import calibrated_probabilities
 from imgclf.errors import DataError
+from imgclf.inference import autocast, select_device
 from imgclf.model import build_model
-from imgclf.transforms import memory_format
+from imgclf.transforms import ModelInput, memory_format
 
 FORMAT = "imgclf.checkpoint/2"  # /2: adds the calibration temperature
 METADATA_KEYS = ("arch", "classes", "image_size", "mean", "std", "dropout", "params", "best_epoch",
@@ -26,6 +29,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) 
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
     with atomic_open(path, "wb") as handle:
         torch.save({"format": FORMAT, "state_dict": state, **metadata}, handle)
+
+
+def checkpoint_classifier(path: str | os.PathLike, device_name: str) \
+        -> tuple[list[str], int, Callable[[np.ndarray], np.ndarray]]:
+    """model.pt as predict uses it: (classes, image size, calibrated probabilities of a uint8 N x 3 x S x S batch)."""
+    device = select_device(device_name)
+    model, meta = load_checkpoint(path, device)
+    prepare = ModelInput(meta["mean"], meta["std"], device)
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), autocast(device):
+            logits = model(prepare(torch.from_numpy(images)))
+        return calibrated_probabilities(logits, meta["temperature"]).cpu().numpy()
+
+    return meta["classes"], meta["image_size"], probabilities
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -106,6 +106,20 @@ def describe_error(err: Exception) -> str:
     """`ErrorType: first line of its message`, for a one-line report of why a file failed."""
     message = str(err).splitlines()[0] if str(err) else ""
     return f"{type(err).__name__}: {message}".rstrip(": ")
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """The files to predict: each input file as given, each folder's files recursively (sorted), no repeats."""
+    found: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += list_images(path)
+        elif path.is_file():
+            found.append(path.as_posix())
+        else:
+            raise DataError(f"{path}: input not found (expected image files or folders)")
+    return list(dict.fromkeys(found))
 
 
 def list_images(root: str | os.PathLike) -> list[str]:

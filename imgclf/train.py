@@ -123,6 +123,18 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs]), False
 
 
+def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
+    """Refuse, before any training, an architecture that cannot take `image_size` images (ViT wants its own size)."""
+    needed = getattr(model, "image_size", None)  # torchvision's VisionTransformer declares it
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, image_size, image_size))
+    except Exception as err:  # the architecture's own complaint, e.g. "Wrong image height! Expected 224 but got 64"
+        size = f"{needed} px" if needed else "a larger size"
+        raise ConfigError(f"train.arch: {arch} cannot take {image_size} px images ({str(err).splitlines()[0][:120]}); "
+                          f"it needs {size}: set decode.image_size accordingly") from None
+
+
 def make_train_batches(images: np.ndarray, targets: Sequence[int], balance: str, batch_size: int,
                        class_weights: Sequence[float], generator: torch.Generator,
                        device: torch.device, world: World = World(), seed: int = 0) -> DecodedBatches:
@@ -185,6 +197,7 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
 
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
+    check_image_size(model, cfg.arch, image_size)
     model = model.to(device, memory_format=memory_format(device))
     # DDP averages the gradients over the processes (and starts them all from rank 0's weights).
     stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -25,10 +25,12 @@ def test_weights_benchmark():
     assert len(weights.main(["--images", "24"]).rows) == 2
 
 
-def test_predict_benchmark_measures_two_folder_sizes():
+def test_predict_benchmark_measures_both_model_formats():
     table = predict.main(["--images", "12", "--small", "4", "--image-size", "16"])
-    assert [what for _, what, _ in table.rows] == ["predict stage, 4 imgs (incl. start-up)",
-                                                   "predict stage, 12 imgs (incl. start-up)"]
+    measured = [what for _, what, _ in table.rows]
+    for name in ("PyTorch model.pt", "ONNX Runtime model.onnx"):
+        assert [f"{name}: start-up (empty folder, best of 2)", f"{name}: 4 imgs", f"{name}: 12 imgs"] == \
+            [what for what in measured if what.startswith(name)]
 
 
 def test_split_benchmark_measures_cost_cache_and_stability():

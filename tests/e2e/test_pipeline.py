@@ -20,7 +20,7 @@ def repo(tmp_path_factory):
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
     result = sh([DVC, "repro"], repo)
-    for stage in ("demo", "split", "decode", "compute_weights", "train", "evaluate", "predict"):
+    for stage in ("demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"):
         assert f"Running stage '{stage}'" in result.stdout
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline"], repo)

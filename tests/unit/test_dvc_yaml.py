@@ -14,11 +14,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "predict"]
+STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"]
 # Each stage's params section is a config class in the module named after the stage.
 CONFIGS = {"demo": "DemoConfig", "split": "SplitConfig", "decode": "DecodeConfig",
            "compute_weights": "ComputeWeightsConfig", "train": "TrainConfig", "evaluate": "EvaluateConfig",
-           "predict": "PredictConfig"}
+           "export": "ExportConfig", "predict": "PredictConfig"}
 TORCH_FREE = ["demo", "split", "decode", "compute_weights"]
 
 # Runs a stage exactly as dvc.yaml does (`python -m stages.<name>`, here with --help so that it stops
@@ -31,6 +31,10 @@ try:
         runpy.run_module("stages.{name}", run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
+# Modules a stage imports only for some inputs (predict: torch for model.pt, onnxruntime for .onnx).
+import importlib
+for lazy in getattr(sys.modules.get("imgclf.{name}"), "LAZY_IMPORTS", ()):
+    importlib.import_module(lazy)
 files = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in ("imgclf", "stages")]
 print(json.dumps({{"files": files, "torch": "torch" in sys.modules}}))
 """

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import run_stage
 
-STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "predict"]
+STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"]
 
 
 def interrupt(*args, **kwargs):

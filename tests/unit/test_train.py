@@ -257,3 +257,15 @@ def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
         live.log_metric("val_loss", 0.5)
         live.next_step()
     assert (tmp_path / "ours/plots/metrics/val_loss.tsv").exists()
+
+
+@pytest.mark.e2e  # builds a ViT-B/16 (86 M parameters)
+def test_an_architecture_that_cannot_take_the_image_size_is_refused_before_training(prepared):
+    from imgclf.errors import ConfigError
+
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    with pytest.raises(ConfigError, match=r"train.arch: vit_b_16 cannot take 16 px images \(.*224.*\); "
+                                          r"it needs 224 px: set decode.image_size"):
+        train_model(tiny_config(arch="vit_b_16"), prepared / "split/train.csv", prepared / "split/val.csv",
+                    prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
+    assert not (prepared / "model.pt").exists()

@@ -1,0 +1,124 @@
+"""The export stage's logic: model.pt -> model.onnx (torch.onnx, dynamo exporter), checked for parity on the test split.
+
+The exported graph takes what `images.load_resized` gives (uint8 N x 3 x S x S) and returns logits:
+the normalisation is inside it, so a runtime without torch needs only the shared decoding. The class
+names, image size, normalisation and calibration temperature travel in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.artifacts import atomic_path
+from imgclf.checkpoint import load_checkpoint
+from imgclf.config import param
+from imgclf.errors import DataError
+from imgclf.images import load_resized
+from imgclf.onnx_model import METADATA_FORMAT, OnnxClassifier, softmax
+
+OPSET = 18  # the default opset of torch's dynamo exporter; ONNX Runtime 1.32 runs up to 23
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Params of the `export` stage: the opset and the parity tolerance on logits."""
+
+    opset: int = param("ONNX opset of the exported graph", ge=13, le=23)
+    rtol: float = param("parity: relative tolerance on logits (PyTorch's ONNX Runtime tutorial: 1e-3)", gt=0)
+    atol: float = param("parity: absolute tolerance on logits (PyTorch's ONNX Runtime tutorial: 1e-5)", gt=0)
+    batch_size: int = param("images per parity batch", ge=1)
+
+
+class Normalised(nn.Module):
+    """uint8 images in, logits out: the model with transforms.ModelInput's normalisation in front."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images.float() - self.mean) / self.std)
+
+
+def export_onnx(model_path: str | os.PathLike, onnx_path: str | os.PathLike, opset: int) -> dict:
+    """Export model.pt to `onnx_path` (written atomically after onnx.checker's full check); returns its metadata."""
+    import onnx
+
+    model, meta = load_checkpoint(model_path)
+    wrapped = Normalised(model, meta["mean"], meta["std"]).eval()
+    size = meta["image_size"]
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)  # batch 2: the batch stays dynamic
+    metadata = {"format": METADATA_FORMAT, "arch": meta["arch"], "classes": json.dumps(meta["classes"]),
+                "image_size": str(size), "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                "temperature": repr(meta["temperature"])}
+    with atomic_path(onnx_path) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset,
+                                            input_names=["images"], output_names=["logits"],
+                                            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                                            verbose=False)
+        except Exception as err:  # any exporter failure: the architecture cannot be exported
+            message = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise DataError(f"train.arch: {meta['arch']} cannot be exported to ONNX ({message})") from None
+        program.save(str(tmp))
+        graph = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            graph.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(tmp))
+    return metadata
+
+
+def parity(model_path: str | os.PathLike, onnx_path: str | os.PathLike, paths: Sequence[str],
+           cfg: ExportConfig) -> dict:
+    """Run `paths` through the PyTorch model (eval) and ONNX Runtime: how far apart they are, in numbers."""
+    model, meta = load_checkpoint(model_path)
+    wrapped = Normalised(model, meta["mean"], meta["std"]).eval()
+    session = OnnxClassifier(onnx_path)
+    worst_logit, worst_prob, worst_relative, mismatches, outside = 0.0, 0.0, 0.0, 0, 0
+    for start in range(0, len(paths), cfg.batch_size):
+        batch = np.stack([load_resized(p, meta["image_size"]) for p in paths[start:start + cfg.batch_size]])
+        with torch.no_grad():
+            expected = wrapped(torch.from_numpy(batch)).numpy()
+        got = session.logits(batch)
+        difference = np.abs(got - expected)
+        worst_logit = max(worst_logit, float(difference.max()))
+        worst_relative = max(worst_relative, float((difference / (np.abs(expected) + 1e-12)).max()))
+        outside += int((difference > cfg.atol + cfg.rtol * np.abs(expected)).sum())
+        mismatches += int((got.argmax(1) != expected.argmax(1)).sum())
+        t = meta["temperature"]
+        worst_prob = max(worst_prob, float(np.abs(softmax(got / t) - softmax(expected / t)).max()))
+    return {"images": len(paths), "prediction_mismatches": mismatches, "logits_outside_tolerance": outside,
+            "max_abs_logit_diff": worst_logit, "max_abs_probability_diff": worst_prob,
+            "rtol": cfg.rtol, "atol": cfg.atol}
+
+
+def export_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, onnx_path: str | os.PathLike,
+                 cfg: ExportConfig) -> dict:
+    """Export, then check parity on every test image; a model.onnx that fails parity is removed, with one line."""
+    from imgclf.split_files import read_split_paths
+
+    paths = read_split_paths(test_csv)["path"].tolist()
+    export_onnx(model_path, onnx_path, cfg.opset)
+    report = parity(model_path, onnx_path, paths, cfg)
+    report["opset"] = cfg.opset
+    if report["prediction_mismatches"] or report["logits_outside_tolerance"]:
+        Path(onnx_path).unlink(missing_ok=True)
+        raise DataError(f"{onnx_path}: ONNX Runtime disagrees with PyTorch on {test_csv}: "
+                        f"{report['prediction_mismatches']} different predictions, "
+                        f"{report['logits_outside_tolerance']} logits outside rtol {cfg.rtol} / atol {cfg.atol} "
+                        f"(largest difference {report['max_abs_logit_diff']:.3g}); model.onnx not written")
+    return report

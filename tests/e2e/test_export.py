@@ -1,0 +1,151 @@
+"""The export stage and predict with ONNX Runtime: parity, metadata, no torch, bad files, several inputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_stage, write_png
+
+pytestmark = pytest.mark.e2e  # exporting takes 5-10 s per model
+
+
+def export_cfg():
+    from imgclf.export import ExportConfig
+    return ExportConfig(opset=18, rtol=1e-3, atol=1e-5, batch_size=8)
+
+
+def checkpoint_of(tmp_path, arch, size=32):
+    """An untrained model.pt of `arch` for classes a, b, c at `size` px."""
+    from imgclf.checkpoint import save_checkpoint
+    from imgclf.model import build_model
+    from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    path = tmp_path / f"{arch}.pt"
+    save_checkpoint(path, build_model(arch, 3, 0.1), arch=arch, classes=["a", "b", "c"], image_size=size,
+                    mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=0.1, params={}, best_epoch=1,
+                    epochs_run=1, temperature=1.5)
+    return path
+
+
+@pytest.fixture
+def test_csv(tmp_path):
+    rows = [f"{write_png(tmp_path / 'img' / f'{i}.png', 30 * i, size=20 + i)},{'abc'[i % 3]}" for i in range(10)]
+    path = tmp_path / "test.csv"
+    path.write_text("path,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny"])
+def test_common_architectures_export_with_parity(tmp_path, test_csv, arch):
+    from imgclf.export import export_model
+
+    report = export_model(checkpoint_of(tmp_path, arch), test_csv, tmp_path / "model.onnx", export_cfg())
+    assert report["images"] == 10 and report["prediction_mismatches"] == 0
+    assert report["logits_outside_tolerance"] == 0 and report["max_abs_probability_diff"] < 1e-4
+    graph = onnx.load(tmp_path / "model.onnx")
+    onnx.checker.check_model(graph, full_check=True)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(meta["classes"]) == ["a", "b", "c"] and meta["image_size"] == "32"
+    assert float(meta["temperature"]) == 1.5 and json.loads(meta["mean"])[0] == pytest.approx(0.485)
+    assert graph.opset_import[0].version == 18
+
+
+def predict_with(model, inputs, output, tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["predict"].update(device="cpu", min_confidence=0.0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return run_stage("predict", "--params", str(tmp_path / "params.yaml"), "--model", str(model), "--input",
+                     *map(str, inputs), "--output", str(output))
+
+
+def test_predict_with_onnx_writes_the_same_rows_as_with_the_checkpoint(tmp_path, test_csv):
+    from imgclf.export import export_model
+
+    checkpoint = checkpoint_of(tmp_path, "resnet18")
+    export_model(checkpoint, test_csv, tmp_path / "model.onnx", export_cfg())
+    (tmp_path / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    single = tmp_path / "single.png"
+    write_png(single, 99)
+    for model, name in ((checkpoint, "pt.csv"), (tmp_path / "model.onnx", "onnx.csv")):
+        code, _, err = predict_with(model, [tmp_path / "img", single], tmp_path / name, tmp_path)
+        assert code == 0, err
+    pt, ox = (pd.read_csv(tmp_path / n, keep_default_na=False) for n in ("pt.csv", "onnx.csv"))
+    assert list(pt.columns) == list(ox.columns) and len(pt) == 12  # 10 images, the broken one, the single file
+    assert pt["path"].tolist() == ox["path"].tolist() and pt["prediction"].tolist() == ox["prediction"].tolist()
+    assert pt["status"].tolist() == ox["status"].tolist()
+    ok = pt["status"] == "ok"
+    probs = [c for c in pt.columns if c.startswith("prob_")]
+    assert np.abs(pt.loc[ok, probs].astype(float).to_numpy() - ox.loc[ok, probs].astype(float).to_numpy()).max() < 1e-5
+
+
+def test_onnx_predict_never_imports_torch_and_needs_only_the_predict_requirements(tmp_path, test_csv):
+    from imgclf.export import export_model
+
+    export_model(checkpoint_of(tmp_path, "resnet18"), test_csv, tmp_path / "model.onnx", export_cfg())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = f"""
+import runpy, sys, json
+sys.argv = ["predict", "--params", {str(tmp_path / 'params.yaml')!r}, "--model", {str(tmp_path / 'model.onnx')!r},
+            "--input", {str(tmp_path / 'img')!r}, "--output", {str(tmp_path / 'out.csv')!r}]
+try:
+    runpy.run_module("stages.predict", run_name="__main__", alter_sys=True)
+except SystemExit as exit_:
+    assert not exit_.code, exit_.code
+print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "torch" not in loaded and "torchvision" not in loaded
+    third_party = loaded - set(sys.stdlib_module_names) - {"imgclf", "stages", "_distutils_hack", "__main__"}
+    allowed = {line.split("==")[0].strip().lower().replace("-", "_")
+               for line in (ROOT / "requirements-predict.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    aliases = {"PIL": "pillow", "yaml": "pyyaml", "onnxruntime": "onnxruntime", "numpy": "numpy", "tqdm": "tqdm"}
+    unexplained = {m for m in third_party if aliases.get(m, m).lower() not in allowed and not m.startswith("_")}
+    # What those packages pull in themselves (onnxruntime's, numpy's own helpers) is theirs to install.
+    assert unexplained <= {"cython_runtime", "coloredlogs", "humanfriendly", "flatbuffers", "packaging", "sympy",
+                           "mpmath", "google", "protobuf"}, unexplained
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 10
+
+
+@pytest.mark.parametrize("content,message", [(b"not onnx at all", "not a loadable ONNX model"),
+                                             (None, "not a model exported by this pipeline")])
+def test_a_foreign_or_broken_onnx_file_is_one_line(tmp_path, content, message):
+    path = tmp_path / "model.onnx"
+    if content is None:  # a valid ONNX graph, without our metadata
+        from onnx import TensorProto, helper
+        node = helper.make_node("Identity", ["x"], ["y"])
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        onnx.save(helper.make_model(graph), path)
+    else:
+        path.write_bytes(content)
+    (tmp_path / "in").mkdir()
+    code, _, err = predict_with(path, [tmp_path / "in"], tmp_path / "out.csv", tmp_path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_missing_input_is_one_line(tmp_path, tiny_checkpoint):
+    code, _, err = predict_with(tiny_checkpoint, [tmp_path / "nope.jpg"], tmp_path / "out.csv", tmp_path)
+    assert code == 2 and "nope.jpg: input not found" in err and not (tmp_path / "out.csv").exists()
+
+
+def test_parity_failure_is_one_line_and_leaves_no_model(tmp_path, test_csv, monkeypatch):
+    from imgclf import export as export_module
+    from imgclf.errors import DataError
+
+    real = export_module.OnnxClassifier.logits
+    monkeypatch.setattr(export_module.OnnxClassifier, "logits", lambda self, images: real(self, images) + 0.01)
+    with pytest.raises(DataError, match="ONNX Runtime disagrees with PyTorch"):
+        export_module.export_model(checkpoint_of(tmp_path, "resnet18"), test_csv, tmp_path / "model.onnx",
+                                   export_cfg())
+    assert not (tmp_path / "model.onnx").exists()
