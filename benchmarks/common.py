@@ -172,3 +172,26 @@ def params_file(work: Path, device: str = "cpu") -> Path:
     path = work / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text().replace("device: auto", f"device: {device}"))
     return path
+
+
+def prepare_demo(work: Path, **demo_changes) -> tuple[list[str], list[int]]:
+    """The demo (params.yaml's section with `demo_changes`) written, split and decoded as the pipeline does.
+
+    Into work/raw, work/split and work/decoded; returns (classes, training images per class).
+    """
+    import dataclasses
+
+    from imgclf.compute_weights import count_labels
+    from imgclf.config import load_section
+    from imgclf.decode import DecodeConfig, decode_split
+    from imgclf.demo import DemoConfig, write_demo
+    from imgclf.split import SplitConfig, split_image_folder, write_split
+
+    params = ROOT / "params.yaml"
+    demo = dataclasses.replace(load_section(params, "demo", DemoConfig), **demo_changes)
+    split = load_section(params, "split", SplitConfig)
+    write_demo(demo, work / "raw", work / "predict")
+    result = split_image_folder(work / "raw", split.val, split.test, split.seed)
+    write_split(work / "split", result.parts, result.classes)
+    decode_split(work / "split", work / "decoded", load_section(params, "decode", DecodeConfig).image_size)
+    return result.classes, count_labels([label for _, label in result.parts["train"]], result.classes)

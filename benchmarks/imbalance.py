@@ -14,32 +14,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT
-from imgclf.compute_weights import class_weights, count_labels
+from benchmarks.common import ROOT, prepare_demo
+from imgclf.compute_weights import class_weights
 from imgclf.config import load_section
-from imgclf.decode import decode_split
-from imgclf.demo import DemoConfig, write_demo
 from imgclf.evaluate import EvaluateConfig, evaluate_model
-from imgclf.split import SplitConfig, split_image_folder, write_split
 from imgclf.split_files import read_split
 from imgclf.train import TrainConfig, train_model
 
 CONFIGS = [("none", "none"), ("sampler", "inverse"), ("sampler", "sqrt_inverse"), ("loss", "inverse"),
            ("loss", "sqrt_inverse")]
-
-
-def prepare(work: Path, imbalance: float, max_per_class: int | None = None) -> tuple[Path, list[str], list[int]]:
-    """Write the demo at `imbalance`, split and decode it; return (folder, classes, train counts)."""
-    demo = dataclasses.replace(load_section(ROOT / "params.yaml", "demo", DemoConfig), imbalance=imbalance)
-    if max_per_class:
-        demo = dataclasses.replace(demo, max_per_class=max_per_class)
-    split = load_section(ROOT / "params.yaml", "split", SplitConfig)
-    write_demo(demo, work / "raw", work / "predict")
-    result = split_image_folder(work / "raw", split.val, split.test, split.seed)
-    write_split(work / "split", result.parts, result.classes)
-    decode_split(work / "split", work / "decoded", demo.image_size)
-    counts = count_labels([label for _, label in result.parts["train"]], result.classes)
-    return work, result.classes, counts
 
 
 def main(argv: list[str] | None = None) -> list[tuple]:
@@ -57,7 +40,9 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     rows = []
     for imbalance in map(float, args.imbalances.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            work, classes, counts = prepare(Path(tmp), imbalance, args.max_per_class)
+            work = Path(tmp)
+            shrink = {"max_per_class": args.max_per_class} if args.max_per_class else {}
+            classes, counts = prepare_demo(work, imbalance=imbalance, **shrink)
             rarest = classes[counts.index(min(counts))]
             test = read_split(work / "split/test.csv", classes)
             print(f"imbalance {imbalance:g}: train counts {dict(zip(classes, counts))}; rarest class '{rarest}' "

@@ -13,26 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Table, machine_line
+from benchmarks.common import ROOT, Table, machine_line, prepare_demo
 from imgclf.config import load_section
-from imgclf.decode import DecodeConfig, decode_split
-from imgclf.demo import DemoConfig, write_demo
-from imgclf.split import SplitConfig, split_image_folder, write_split
 from imgclf.train import TrainConfig, train_model
-
-
-def prepare_demo(work: Path, max_per_class: int | None) -> tuple[list[str], list[float]]:
-    """The demo written, split and decoded as the pipeline does; returns (classes, unit class weights)."""
-    demo = load_section(ROOT / "params.yaml", "demo", DemoConfig)
-    if max_per_class:
-        demo = dataclasses.replace(demo, max_per_class=max_per_class)
-    split = load_section(ROOT / "params.yaml", "split", SplitConfig)
-    write_demo(demo, work / "raw", work / "predict")
-    result = split_image_folder(work / "raw", split.val, split.test, split.seed)
-    write_split(work / "split", result.parts, result.classes)
-    decode = load_section(ROOT / "params.yaml", "decode", DecodeConfig)
-    decode_split(work / "split", work / "decoded", decode.image_size)
-    return result.classes, [1.0] * len(result.classes)
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -48,7 +31,8 @@ def main(argv: list[str] | None = None) -> Table:
     table = Table()
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         work = Path(tmp)
-        classes, weights = prepare_demo(work, args.demo_per_class)
+        classes, _ = prepare_demo(work, **({"max_per_class": args.demo_per_class} if args.demo_per_class else {}))
+        weights = [1.0] * len(classes)
         seconds: dict[str, list[float]] = {"without state": [], "with state": []}
         sizes = [0]
         state = work / "state.pt"
