@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> Table:
     print(machine_line(args.device), flush=True)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
+        from imgclf.checkpoint import load_checkpoint
         from imgclf.export import export_onnx
 
         work = Path(tmp)
         write_photos(work / "images", args.images, 320, 240)
         model = untrained_model(work / "model.pt", args.arch, args.image_size)
-        export_onnx(model, work / "model.onnx", 18)
+        export_onnx(*load_checkpoint(model), work / "model.onnx", 18)
         bench_predict(table, work / "images", {"PyTorch model.pt": model, "ONNX Runtime model.onnx":
                                                work / "model.onnx"}, work, args.small, args.device)
     print("\n" + table.markdown())

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from imgclf.artifacts import atomic_path, write_json
 from imgclf.config import param
 from imgclf.errors import DataError, ignore_interrupts
-from imgclf.images import describe_error, load_resized
+from imgclf.images import describe_error, load_resized_or_error
 from imgclf.split_files import read_split_paths
 
 FORMAT = "imgclf.decoded/1"
@@ -41,15 +41,6 @@ def paths_digest(paths: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
 
 
-def _decode_one(task: tuple[str, int]) -> np.ndarray | str:
-    """One worker task: the uint8 pixels of one file, or why it failed (one line)."""
-    path, image_size = task
-    try:
-        return load_resized(path, image_size)
-    except Exception as err:  # reported with the file name by the caller
-        return describe_error(err)
-
-
 def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.PathLike,
                   workers: int | None = None, desc: str = "decode") -> None:
     """Decode `paths` in parallel processes into one N x 3 x S x S uint8 .npy file, written atomically."""
@@ -62,10 +53,11 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
         progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if parallel else None
         try:
-            results = pool.imap(_decode_one, tasks, chunksize=16) if pool else map(_decode_one, tasks)
-            for index, pixels in enumerate(tqdm(results, **progress)):
-                if isinstance(pixels, str):
-                    raise DataError(f"{paths[index]}: cannot decode ({pixels}); it was valid when the split "
+            load = load_resized_or_error
+            results = pool.imap(load, tasks, chunksize=16) if pool else map(load, tasks)
+            for index, (pixels, problem) in enumerate(tqdm(results, **progress)):
+                if pixels is None:
+                    raise DataError(f"{paths[index]}: cannot decode ({problem}); it was valid when the split "
                                     f"stage ran, so the file changed since: run `dvc repro` again")
                 array[index] = pixels
         finally:

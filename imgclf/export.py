@@ -24,8 +24,7 @@ from imgclf.config import param
 from imgclf.errors import DataError
 from imgclf.images import load_resized
 from imgclf.onnx_model import METADATA_FORMAT, OnnxClassifier, softmax
-
-OPSET = 18  # the default opset of torch's dynamo exporter; ONNX Runtime 1.32 runs up to 23
+from imgclf.transforms import ModelInput
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,13 @@ class Normalised(nn.Module):
         return self.model((images.float() - self.mean) / self.std)
 
 
-def export_onnx(model_path: str | os.PathLike, onnx_path: str | os.PathLike, opset: int) -> dict:
-    """Export model.pt to `onnx_path` (written atomically after onnx.checker's full check); returns its metadata."""
+def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opset: int) -> None:
+    """Export a loaded model.pt (`load_checkpoint`'s model and metadata) to `onnx_path`.
+
+    Written atomically, after onnx.checker's full check.
+    """
     import onnx
 
-    model, meta = load_checkpoint(model_path)
     wrapped = Normalised(model, meta["mean"], meta["std"]).eval()
     size = meta["image_size"]
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)  # batch 2: the batch stays dynamic
@@ -79,24 +80,25 @@ def export_onnx(model_path: str | os.PathLike, onnx_path: str | os.PathLike, ops
             graph.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(graph, full_check=True)
         onnx.save(graph, str(tmp))
-    return metadata
 
 
-def parity(model_path: str | os.PathLike, onnx_path: str | os.PathLike, paths: Sequence[str],
+def parity(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, paths: Sequence[str],
            cfg: ExportConfig) -> dict:
-    """Run `paths` through the PyTorch model (eval) and ONNX Runtime: how far apart they are, in numbers."""
-    model, meta = load_checkpoint(model_path)
-    wrapped = Normalised(model, meta["mean"], meta["std"]).eval()
+    """Run `paths` through the PyTorch model as evaluate feeds it (ModelInput, eval mode) and through ONNX Runtime.
+
+    How far apart they are, in numbers. The reference is the evaluate/predict path itself, not the
+    exported wrapper, so a normalisation that drifted from ModelInput's would fail here too.
+    """
+    prepare = ModelInput(meta["mean"], meta["std"], torch.device("cpu"))
     session = OnnxClassifier(onnx_path)
-    worst_logit, worst_prob, worst_relative, mismatches, outside = 0.0, 0.0, 0.0, 0, 0
+    worst_logit, worst_prob, mismatches, outside = 0.0, 0.0, 0, 0
     for start in range(0, len(paths), cfg.batch_size):
         batch = np.stack([load_resized(p, meta["image_size"]) for p in paths[start:start + cfg.batch_size]])
         with torch.no_grad():
-            expected = wrapped(torch.from_numpy(batch)).numpy()
+            expected = model.eval()(prepare(torch.from_numpy(batch))).numpy()
         got = session.logits(batch)
         difference = np.abs(got - expected)
         worst_logit = max(worst_logit, float(difference.max()))
-        worst_relative = max(worst_relative, float((difference / (np.abs(expected) + 1e-12)).max()))
         outside += int((difference > cfg.atol + cfg.rtol * np.abs(expected)).sum())
         mismatches += int((got.argmax(1) != expected.argmax(1)).sum())
         t = meta["temperature"]
@@ -112,8 +114,9 @@ def export_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, onn
     from imgclf.split_files import read_split_paths
 
     paths = read_split_paths(test_csv)["path"].tolist()
-    export_onnx(model_path, onnx_path, cfg.opset)
-    report = parity(model_path, onnx_path, paths, cfg)
+    model, meta = load_checkpoint(model_path)
+    export_onnx(model, meta, onnx_path, cfg.opset)
+    report = parity(model, meta, onnx_path, paths, cfg)
     report["opset"] = cfg.opset
     if report["prediction_mismatches"] or report["logits_outside_tolerance"]:
         Path(onnx_path).unlink(missing_ok=True)

@@ -102,6 +102,15 @@ def load_resized(path: str | os.PathLike, image_size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def load_resized_or_error(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
+    """(load_resized(path, size), "") or (None, why it failed in one line): a worker task of decode and predict."""
+    path, image_size = task
+    try:
+        return load_resized(path, image_size), ""
+    except Exception as err:  # reported by the caller, with the file's name
+        return None, describe_error(err)
+
+
 def describe_error(err: Exception) -> str:
     """`ErrorType: first line of its message`, for a one-line report of why a file failed."""
     message = str(err).splitlines()[0] if str(err) else ""

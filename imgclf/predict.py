@@ -19,7 +19,7 @@ from tqdm import tqdm
 from imgclf.artifacts import atomic_open
 from imgclf.config import Device, param
 from imgclf.errors import ignore_interrupts
-from imgclf.images import describe_error, list_inputs, load_resized
+from imgclf.images import list_inputs, load_resized_or_error
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
 # dvc.yaml's dependency check sees them (tests/unit/test_dvc_yaml.py).
@@ -59,22 +59,14 @@ def open_classifier(model_path: str | os.PathLike, device: str) -> Classifier:
     return Classifier(classes, image_size, probabilities)
 
 
-def _load(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
-    """One file's pixels, or why it cannot be read (the status column's `error: ...`)."""
-    path, image_size = task
-    try:
-        return load_resized(path, image_size), ""
-    except Exception as err:  # reported in the predictions file's status column
-        return None, f"error: {describe_error(err)}"
-
-
 def image_batches(paths: Sequence[str], image_size: int, batch_size: int,
                   workers: int = 0) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """(uint8 N x 3 x S x S, errors) batches of `paths` in order; an unreadable file is a blank image and its error."""
+    """(uint8 N x 3 x S x S, errors) batches of `paths` in order; an unreadable file is a blank image and why ("" if
+    none)."""
     tasks = [(path, image_size) for path in paths]
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if workers else None
     try:
-        results = pool.imap(_load, tasks, chunksize=8) if pool else map(_load, tasks)
+        results = pool.imap(load_resized_or_error, tasks, chunksize=8) if pool else map(load_resized_or_error, tasks)
         batch: list[tuple[np.ndarray | None, str]] = []
         for item in results:
             batch.append(item)
@@ -117,7 +109,7 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathL
                 path = next(rows)
                 if error:
                     counts["error"] += 1
-                    writer.writerow([path, "", "", *[""] * len(classes), error])
+                    writer.writerow([path, "", "", *[""] * len(classes), f"error: {error}"])
                     continue
                 best = max(range(len(classes)), key=probs.__getitem__)
                 status = "uncertain" if probs[best] < cfg.min_confidence else "ok"
