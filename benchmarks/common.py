@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgclf.template import PARAMS, PIPELINE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -143,10 +145,10 @@ class Project:
             shutil.copy(ROOT / name, repo / name)
         for folder in ("stages", "imgclf"):
             shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-        pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+        pipeline = yaml.safe_load(PIPELINE.read_text())
         del pipeline["stages"]["demo"]  # your own images, as in the README
         (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-        values = yaml.safe_load((ROOT / "params.yaml").read_text())
+        values = yaml.safe_load(PARAMS.read_text())
         for section, changes in (params or {}).items():
             values[section].update(changes)
         (repo / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
@@ -170,7 +172,7 @@ class Project:
 def params_file(work: Path, device: str = "cpu") -> Path:
     """A copy of the repository's params.yaml in `work`, with every stage's device set to `device`."""
     path = work / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text().replace("device: auto", f"device: {device}"))
+    path.write_text((PARAMS).read_text().replace("device: auto", f"device: {device}"))
     return path
 
 
@@ -187,7 +189,7 @@ def prepare_demo(work: Path, **demo_changes) -> tuple[list[str], list[int]]:
     from imgclf.demo import DemoConfig, write_demo
     from imgclf.split import SplitConfig, split_image_folder, write_split
 
-    params = ROOT / "params.yaml"
+    params = PARAMS
     demo = dataclasses.replace(load_section(params, "demo", DemoConfig), **demo_changes)
     split = load_section(params, "split", SplitConfig)
     write_demo(demo, work / "raw", work / "predict")

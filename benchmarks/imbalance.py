@@ -19,6 +19,7 @@ from imgclf.compute_weights import class_weights
 from imgclf.config import load_section
 from imgclf.evaluate import EvaluateConfig, evaluate_model
 from imgclf.split_files import read_split
+from imgclf.template import PARAMS
 from imgclf.train import TrainConfig, train_model
 
 CONFIGS = [("none", "none"), ("sampler", "inverse"), ("sampler", "sqrt_inverse"), ("loss", "inverse"),
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (tests)")
     parser.add_argument("--max-per-class", type=int, default=None, help="shrink the demo (tests)")
     args = parser.parse_args(argv)
-    base = dataclasses.replace(load_section(ROOT / "params.yaml", "train", TrainConfig), device="cpu")
+    base = dataclasses.replace(load_section(PARAMS, "train", TrainConfig), device="cpu")
     if args.epochs:
         base = dataclasses.replace(base, epochs=args.epochs)
     rows = []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, Table, machine_line, prepare_demo
 from imgclf.config import load_section
+from imgclf.template import PARAMS
 from imgclf.train import TrainConfig, train_model
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--demo-per-class", type=int, default=None, help="shrink the demo (tests)")
     args = parser.parse_args(argv)
     print(machine_line(), flush=True)
-    cfg = dataclasses.replace(load_section(ROOT / "params.yaml", "train", TrainConfig), device="cpu",
+    cfg = dataclasses.replace(load_section(PARAMS, "train", TrainConfig), device="cpu",
                               epochs=args.epochs, patience=args.epochs)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from imgclf.template import PARAMS
 from benchmarks.common import ROOT, Project, Table, machine_line, params_file, run_stage, write_photos
 
 
@@ -80,8 +81,8 @@ def bench_stability(table: Table, work: Path, max_per_class: int | None = None) 
     from imgclf.demo import DemoConfig, write_demo
     from imgclf.split import SplitConfig, split_image_folder
 
-    cfg = load_section(ROOT / "params.yaml", "split", SplitConfig)
-    demo = load_section(ROOT / "params.yaml", "demo", DemoConfig)
+    cfg = load_section(PARAMS, "split", SplitConfig)
+    demo = load_section(PARAMS, "demo", DemoConfig)
     if max_per_class:
         demo = dataclasses.replace(demo, max_per_class=max_per_class)
     full = work / "demo"

@@ -25,6 +25,7 @@ from imgclf.decode import decode_images
 from imgclf.demo import DemoConfig, write_demo
 from imgclf.fit import TrainingRun, identity, train_one_epoch
 from imgclf.model import build_model
+from imgclf.template import PARAMS
 from imgclf.train import make_train_batches
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
@@ -156,7 +157,7 @@ def make_dataset(name: str, root: Path, photos: int, demo_per_class: int | None 
     if name == "demo":
         import dataclasses
 
-        cfg = load_section(ROOT / "params.yaml", "demo", DemoConfig)
+        cfg = load_section(PARAMS, "demo", DemoConfig)
         if demo_per_class:
             cfg = dataclasses.replace(cfg, max_per_class=demo_per_class)
         write_demo(cfg, root, root.with_name(root.name + "_predict"))

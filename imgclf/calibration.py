@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -66,3 +68,42 @@ def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tenso
         return 0.0
     gaps = (table["confidence"] - table["accuracy"]).abs()
     return float((gaps * table["count"]).sum() / table["count"].sum())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature shipped with a model, the one fitted, and validation ECE without and with the shipped one."""
+
+    temperature: float
+    fitted: float
+    ece_uncalibrated: float
+    ece: float
+
+    @property
+    def rejected(self) -> bool:
+        """True when the fitted temperature was not shipped, because it made validation ECE worse."""
+        return self.temperature != self.fitted
+
+    def describe(self) -> str:
+        """One clause for the train stage's log."""
+        if self.rejected:
+            return (f"temperature 1 (the fitted {self.fitted:.3f} raised validation ECE "
+                    f"{self.ece_uncalibrated:.4f} -> {self.worse_ece:.4f}, so it was not used)")
+        return f"temperature {self.temperature:.3f} (validation ECE {self.ece_uncalibrated:.4f} -> {self.ece:.4f})"
+
+    worse_ece: float = float("nan")  # the ECE the rejected temperature gave
+
+
+def calibrate(logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
+    """Fit a temperature on validation logits, and keep it only if it does not raise validation ECE.
+
+    Temperature scaling minimises NLL, not ECE: on a small or nearly separated validation set the
+    NLL-optimal temperature can make the binned calibration worse (measured on 3 classes of photos:
+    T = 0.307 took ECE from 0.0070 to 0.0376). Then T = 1 is shipped: calibration never makes things worse.
+    """
+    fitted = fit_temperature(logits, targets)
+    before = expected_calibration_error(calibrated_probabilities(logits, 1.0), targets)
+    after = expected_calibration_error(calibrated_probabilities(logits, fitted), targets)
+    if after > before:
+        return Calibration(temperature=1.0, fitted=fitted, ece_uncalibrated=before, ece=before, worse_ece=after)
+    return Calibration(temperature=fitted, fitted=fitted, ece_uncalibrated=before, ece=after)

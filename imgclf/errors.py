@@ -40,18 +40,34 @@ def stage_main(main: Callable[[], None] | None = None, *, interrupted: str = "re
                 # One line naming the file or key; the traceback would only bury it. Under torchrun
                 # every process meets the same error: rank 0 alone says it.
                 if _is_main_process():
-                    print(f"error: {err}", file=sys.stderr)
+                    print(f"error: {err}{recovery_hint()}", file=sys.stderr)
                 sys.exit(2)
             except KeyboardInterrupt:
                 stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
                 if _is_main_process():
                     print(f"\ninterrupted: stage {stage} stopped by Ctrl-C; nothing was left half-written; "
-                          f"{interrupted}", file=sys.stderr)
+                          f"{interrupted}{recovery_hint()}", file=sys.stderr)
                 sys.exit(130)  # 128 + SIGINT, as shells report it
 
         return wrapper
 
     return decorate(main) if main is not None else decorate
+
+
+def recovery_hint() -> str:
+    """Under `dvc repro` / `dvc exp run`, the clause that says how to get back the outputs DVC deleted; else "".
+
+    DVC deletes a stage's outputs before it runs the stage (unless they are `persist: true`), so a
+    stage that fails has lost them although it wrote nothing. dvc.lock still describes the last
+    successful run, so `dvc checkout` brings back its cached outputs, all consistent with each other
+    (model.pt and the model.onnx exported from it), and git has the ones it tracks (reports, dvclive).
+    DVC sets DVC_STAGE for every stage command it runs.
+    """
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return ""
+    return (f" (DVC removed this stage's previous outputs before running it: `dvc checkout {stage}` restores them "
+            f"from its cache, `git restore .` those in git)")
 
 
 def _is_main_process() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +178,7 @@ class FitResult:
     best_value: float
     history: list[dict] = field(default_factory=list)
     temperature: float = 1.0  # set by the train stage after calibrating on validation
+    calibration: Any = None  # the train stage's calibration.Calibration
 
 
 def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epoch: int) -> dict:

@@ -7,6 +7,7 @@ read the images with `images.load_resized`, the function that prepared the train
 
 from __future__ import annotations
 
+import argparse
 import csv
 import multiprocessing
 import os
@@ -17,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
-from imgclf.config import Device, param
-from imgclf.errors import ignore_interrupts
+from imgclf.config import Device, load_section, param
+from imgclf.errors import DataError, ignore_interrupts, stage_main
 from imgclf.images import list_inputs, load_resized_or_error
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
@@ -53,6 +54,12 @@ def open_classifier(model_path: str | os.PathLike, device: str) -> Classifier:
 
         model = OnnxClassifier(model_path)
         return Classifier(model.classes, model.image_size, model.probabilities)
+    try:
+        import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
+    except ImportError:
+        raise DataError(f"{model_path}: a model.pt needs PyTorch, which this install lacks: pass the exported "
+                        f"model.onnx instead (--model models/model.onnx), or install the whole pipeline "
+                        f"(pip install -r requirements.txt)") from None
     from imgclf.checkpoint import checkpoint_classifier
 
     classes, image_size, probabilities = checkpoint_classifier(model_path, device)
@@ -116,3 +123,35 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathL
                 counts[status] += 1
                 writer.writerow([path, classes[best], f"{probs[best]:.6f}", *[f"{p:.6f}" for p in probs], status])
     return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's flags: the params file and its input and output paths (defaults match dvc.yaml)."""
+    parser = argparse.ArgumentParser(prog="imgclf-predict", description="Classify every image under files and "
+                                     "folders; write path, prediction, confidence, probabilities and status.")
+    parser.add_argument("--params", default=None,
+                        help="params file (section `predict`); default: ./params.yaml when there is one, else "
+                             "the pipeline's shipped defaults")
+    parser.add_argument("--model", default="models/model.pt",
+                        help="input: model.pt (PyTorch) or model.onnx (ONNX Runtime, without torch)")
+    parser.add_argument("--input", nargs="+", default=["data/predict"],
+                        help="input: image files and folders (searched recursively), one or several")
+    parser.add_argument("--output", default="reports/predictions.csv", help="output: one row per file")
+    return parser
+
+
+@stage_main
+def main() -> None:
+    """The predict stage and the `imgclf-predict` command: params, predict, one summary line."""
+    args = build_parser().parse_args()
+    params = args.params or "params.yaml"
+    if args.params is None and not os.path.isfile(params):  # outside a project: the shipped defaults
+        from imgclf.template import PARAMS as params
+    cfg = load_section(params, "predict", PredictConfig)
+    counts = predict_files(args.model, args.input, args.output, cfg)
+    if counts["ok"] + counts["uncertain"] + counts["error"] == 0:
+        print(f"no files found in {' '.join(args.input)}; wrote {args.output} with its header only")
+    else:
+        print(f"predicted {counts['ok'] + counts['uncertain']} images ({counts['uncertain']} uncertain, below "
+              f"min_confidence {cfg.min_confidence}; {counts['error']} unreadable; see the status column); "
+              f"wrote {args.output}")

@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,35 @@ class FolderScan:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
+# Folder names of a data set that is already split: this pipeline splits by itself.
+SPLIT_FOLDER_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
+def normalised_class(name: str) -> str:
+    """A class name as people read it: Unicode NFC, case-folded, surrounding blanks removed."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def check_class_folders(root: Path, classes: Sequence[str]) -> None:
+    """Refuse class folders that cannot make a classifier (docs/data.md, "What is refused"), one line each:
+    fewer than two, names that differ only in case, blanks or Unicode form, a layout already split."""
+    if len(classes) < 2:
+        inside = f" ('{classes[0]}')" if classes else ""
+        raise DataError(f"{root}: found {len(classes)} class folder{inside}; a classifier needs at least 2 "
+                        f"(one folder per class: {root}/<class>/<image files>)")
+    seen: dict[str, str] = {}
+    for name in classes:
+        other = seen.setdefault(normalised_class(name), name)
+        if other != name:
+            raise DataError(f"{root}: class folders '{other}' and '{name}' differ only in case, blanks or Unicode "
+                            f"form: merge them into one folder, or rename one")
+    split_like = sorted(name for name in classes if normalised_class(name) in SPLIT_FOLDER_NAMES)
+    if len(split_like) >= 2:
+        raise DataError(f"{root}: class folders {', '.join(repr(n) for n in split_like)} look like a data set already "
+                        f"split into train/val/test; put the class folders directly in {root} (this pipeline "
+                        f"splits by itself: split.train, split.val, split.test)")
+
+
 def scan_image_folder(root: str | os.PathLike) -> FolderScan:
     """List class folders (sorted, as ImageFolder) and every file under `root`, without decoding."""
     root = Path(root)
@@ -71,6 +101,7 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not classes:
         raise DataError(f"{root}: no class folders found (expected {root}/<class>/<image files>)")
+    check_class_folders(root, classes)
     scan = FolderScan(classes=classes)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)

@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
 from imgclf.augment import AugmentConfig, BatchRandomAffine
 from imgclf.batches import DecodedBatches
-from imgclf.calibration import calibrated_probabilities, expected_calibration_error, fit_temperature
+from imgclf.calibration import calibrate
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import Device, param
 from imgclf.decode import open_decoded
@@ -241,16 +241,15 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
             writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
     # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
     val_logits, val_targets = all_logits(model, val_batches, prepare, device, cfg.precision, "calibrate", world)
-    result.temperature = fit_temperature(val_logits, val_targets)
-    ece = [expected_calibration_error(calibrated_probabilities(val_logits, t), val_targets)
-           for t in (1.0, result.temperature)]
+    result.calibration = calibrate(val_logits, val_targets)
+    result.temperature = result.calibration.temperature
     if world.is_main:
         save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                         epochs_run=result.epochs_run, temperature=result.temperature)
     say(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
-        f"temperature {result.temperature:.3f} (validation ECE {ece[0]:.4f} -> {ece[1]:.4f}); "
+        f"{result.calibration.describe()}; "
         f"wrote {model_path}")
     if state_path is not None and world.is_main:
         remove_state(state_path)  # the run is complete: nothing to resume

@@ -58,7 +58,11 @@ def main() -> None:
         # The summary describes the model that was saved (the best epoch), not the last one.
         live.summary.update({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                              "train_loss": best["train_loss"], "val_loss": best["val_loss"],
-                             "val_f1": best["val_f1"], "lr": best["lr"], "temperature": result.temperature})
+                             "val_f1": best["val_f1"], "lr": best["lr"], "temperature": result.temperature,
+                             # The fitted temperature too: when it raised validation ECE, 1 was shipped instead.
+                             "temperature_fitted": result.calibration.fitted,
+                             "val_ece_uncalibrated": result.calibration.ece_uncalibrated,
+                             "val_ece": result.calibration.ece})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from imgclf.template import PARAMS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +65,8 @@ def stale_stages(repo):
 
 def new_project(repo: Path, pipeline: dict) -> None:
     """Copy the pipeline's code and params into `repo` with `pipeline` as dvc.yaml; git and DVC init."""
-    for name in ("params.yaml", ".dvcignore", ".gitignore"):
+    shutil.copy(PARAMS, repo / "params.yaml")
+    for name in (".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     for folder in ("stages", "imgclf"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -80,6 +83,48 @@ def write_png(path: Path, value: int, size: int = 16) -> Path:
     pixels = (rng.integers(0, 40, (size, size, 3)) + value * 60 % 200).astype(np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+# --- the workspace is the user's: no test may change it ---
+
+# Never compared: git's and Python's own bookkeeping, and virtual environments.
+UNWATCHED = {".git", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def workspace_snapshot(root: Path = ROOT) -> dict[str, tuple]:
+    """Every file under `root` (tracked or not, ignored or not): path -> (size, mtime, SHA-256 if under 1 MiB).
+
+    Large files (a user's images, models, DVC's cache) are compared by size and modification time, so
+    the snapshot stays cheap in a workspace of many gigabytes.
+    """
+    import hashlib
+
+    snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in UNWATCHED and not d.startswith(".venv")
+                       and not d.endswith(".egg-info")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:  # removed while walking
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and stat.st_size < 2**20 else ""
+            snapshot[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns, digest)
+    return snapshot
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workspace_untouched():
+    """Fail the run if any test created, changed or deleted a file of the checkout (its params, data, reports,
+    caches): tests work on copies in temporary folders, so that a user can run them inside their project."""
+    before = workspace_snapshot()
+    yield
+    after = workspace_snapshot()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if changed:
+        pytest.fail(f"the tests changed {len(changed)} files of the workspace {ROOT}: {', '.join(changed[:10])}",
+                    pytrace=False)
 
 
 def pytest_collection_modifyitems(items):
@@ -162,7 +207,7 @@ def tiny_train_config(**changes):
     from imgclf.config import load_section
     from imgclf.train import TrainConfig
 
-    cfg = load_section(ROOT / "params.yaml", "train", TrainConfig)
+    cfg = load_section(PARAMS, "train", TrainConfig)
     fixed = dict(arch="resnet18", pretrained="none", batch_size=8, epochs=2, optimizer="adam", lr=0.0005,
                  weight_decay=1e-5, scheduler="step", step_size=7, gamma=0.1, warmup_epochs=0, freeze_epochs=0,
                  label_smoothing=0.0, patience=5, monitor="val_loss", dropout=0.2, balance="sampler",

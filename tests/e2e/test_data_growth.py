@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import yaml
 
+from imgclf.template import PIPELINE
 from tests.conftest import DVC, ROOT, TINY, new_project, set_params, sh, write_png
 
 
@@ -17,7 +18,7 @@ def splits_of(repo) -> dict[str, str]:
 def test_growing_the_data_by_ten_percent_moves_no_earlier_image(tmp_path):
     repo = tmp_path / "grow"
     repo.mkdir()
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    pipeline = yaml.safe_load(PIPELINE.read_text())
     del pipeline["stages"]["demo"]  # your own images, tracked with `dvc add`, as the README says
     new_project(repo, pipeline)
     set_params(repo, {**TINY, "train": {**TINY["train"], "epochs": 1}})

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from imgclf.template import PARAMS
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -22,7 +23,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 @pytest.fixture
 def workdir(prepared):
     """The prepared inputs plus params for 4 epochs of resnet18 in 2 CPU processes."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["train"].update(batch_size=4, epochs=4, patience=4, device="cpu", nproc_per_node=2)
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     return prepared

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from imgclf.template import PARAMS
 from tests.conftest import ROOT, run_stage, write_png
 
 pytestmark = pytest.mark.e2e  # exporting takes 5-10 s per model
@@ -57,7 +58,7 @@ def test_common_architectures_export_with_parity(tmp_path, test_csv, arch):
 
 
 def predict_with(model, inputs, output, tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["predict"].update(device="cpu", min_confidence=0.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return run_stage("predict", "--params", str(tmp_path / "params.yaml"), "--model", str(model), "--input",
@@ -88,7 +89,7 @@ def test_onnx_predict_never_imports_torch_and_needs_only_the_predict_requirement
     from imgclf.export import export_model
 
     export_model(checkpoint_of(tmp_path, "resnet18"), test_csv, tmp_path / "model.onnx", export_cfg())
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     code = f"""
 import runpy, sys, json

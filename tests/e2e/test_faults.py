@@ -14,6 +14,7 @@ import yaml
 
 from imgclf.checkpoint import load_checkpoint
 from imgclf.evaluate import EvaluateConfig, evaluate_model
+from imgclf.template import PARAMS
 from imgclf.train import train_model
 from tests.conftest import tiny_train_config as tiny_config
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def prepared(prepared):
     """The shared prepared folder plus a params.yaml with tiny train params."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["train"].update(batch_size=8, epochs=3, device="cpu")
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     return prepared

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from imgclf.template import PARAMS
 from tests.conftest import ROOT, write_png
 
 EPOCHS = 6
@@ -21,7 +22,7 @@ EPOCHS = 6
 @pytest.fixture
 def workdir(prepared):
     """The prepared inputs plus a params.yaml training resnet18 for 6 epochs on the CPU."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["train"].update(batch_size=8, epochs=EPOCHS, patience=3, device="cpu", lr=0.002)
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     return prepared
@@ -144,7 +145,7 @@ def test_ctrl_c_in_split_stops_its_worker_processes_quietly(tmp_path):
     for i in range(70):  # enough for the process pool
         write_png(raw / f"c{i % 3}" / f"{i:04d}.png", i)
     os.mkfifo(raw / "c0" / "never_written.png")  # a worker blocks opening it: validation is surely under way
-    args = [sys.executable, "-m", "stages.split", "--params", str(ROOT / "params.yaml"), "--raw", str(raw),
+    args = [sys.executable, "-m", "stages.split", "--params", str(PARAMS), "--raw", str(raw),
             "--out", str(tmp_path / "split"), "--counts", str(tmp_path / "counts"),
             "--validation-cache", str(tmp_path / "cache.json")]
     run = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

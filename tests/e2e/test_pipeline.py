@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from imgclf.template import PIPELINE
 from tests.conftest import DVC, TINY, new_project, set_params, sh, stale_stages, touch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def repo(tmp_path_factory):
     """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro`."""
     repo = tmp_path_factory.mktemp("project")
-    new_project(repo, yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
     set_params(repo, TINY)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
@@ -197,16 +198,23 @@ def test_queued_sweep_runs_every_combination_with_the_queued_code(repo):
     assert "queued_code" not in evaluate.read_text()
 
 
-def test_bad_param_stops_the_pipeline_with_one_line(repo):
+def test_bad_param_stops_the_pipeline_with_one_line_that_says_how_to_recover(repo):
     original = (repo / "params.yaml").read_text()
+    model = (repo / "models/model.pt").read_bytes()
     try:
         set_params(repo, {"train": {"lr": -1}})
         result = sh([DVC, "repro", "train"], repo, check=False)
         assert result.returncode != 0
-        assert "error: params.yaml: train.lr: must be > 0, got -1.0" in result.stderr + result.stdout
+        line = next(x for x in (result.stderr + result.stdout).splitlines() if x.startswith("error: "))
+        assert line.startswith("error: params.yaml: train.lr: must be > 0, got -1.0 (DVC removed this stage's "
+                               "previous outputs before running it: `dvc checkout train` restores them")
         assert "Traceback" not in result.stderr + result.stdout
+        assert not (repo / "models/model.pt").exists()  # DVC's rule: outputs go before the stage runs
     finally:
         (repo / "params.yaml").write_text(original)
+    sh([DVC, "checkout", "train"], repo)  # what the line says
+    assert (repo / "models/model.pt").read_bytes() == model
+    assert stale_stages(repo) == []
 
 
 def test_misspelt_experiment_key_fails_clearly(repo):
@@ -221,7 +229,7 @@ def test_repro_on_a_dirty_folder_trains_on_the_good_images_and_reports_the_rest(
 
     repo = tmp_path / "dirty"
     repo.mkdir()
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    pipeline = yaml.safe_load(PIPELINE.read_text())
     del pipeline["stages"]["demo"]  # the user's own data instead of the demo
     new_project(repo, pipeline)
     set_params(repo, {**TINY, "train": {**TINY["train"], "epochs": 1}})

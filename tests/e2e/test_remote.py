@@ -4,6 +4,7 @@ import json
 
 import yaml
 
+from imgclf.template import PIPELINE
 from tests.conftest import DVC, ROOT, TINY, new_project, set_params, sh
 
 
@@ -11,7 +12,7 @@ def test_push_clone_pull_gives_an_up_to_date_pipeline_and_the_same_model(tmp_pat
     origin, storage, repo, clone = (tmp_path / n for n in ("origin.git", "storage", "alice", "bob"))
     sh(["git", "init", "-q", "--bare", str(origin)], tmp_path)
     repo.mkdir()
-    new_project(repo, yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
     set_params(repo, TINY)
     sh([DVC, "remote", "add", "-d", "storage", str(storage)], repo)
     sh([DVC, "repro"], repo)

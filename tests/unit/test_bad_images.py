@@ -19,6 +19,7 @@ from imgclf.errors import DataError
 from imgclf.images import load_image
 from imgclf.predict import image_batches
 from imgclf.split import image_problem, split_image_folder
+from imgclf.template import PARAMS
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,8 +104,9 @@ def test_split_peak_memory_on_bombs_stays_bounded(tmp_path, image_folder):
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, sys.executable, str(ROOT / "stages/split.py"),
-                          "--params", str(ROOT / "params.yaml"), "--raw", str(image_folder),
-                          "--out", str(tmp_path / "split")], capture_output=True, text=True, check=True)
+                          "--params", str(PARAMS), "--raw", str(image_folder),
+                          "--out", str(tmp_path / "split")], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)  # its other outputs (counts, validation cache) go to their default paths
     peak_mib = int(out.stdout) / 1024
     print(f"split peak RSS with 8 bomb headers: {peak_mib:.0f} MiB")
     assert peak_mib < 512  # one bomb decoded would need 28,610 MiB; measured here: 76 MiB

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from imgclf.calibration import calibrated_probabilities, expected_calibration_error, fit_temperature, reliability_table
+from imgclf.calibration import (calibrate, calibrated_probabilities, expected_calibration_error, fit_temperature,
+                                reliability_table)
 from imgclf.plots import mistakes_gallery, per_class_frame, worst_mistakes
 from imgclf.split import class_counts
 
@@ -69,3 +70,32 @@ def test_gallery_shows_the_surest_mistakes_first(tmp_path):
     assert image.size[0] == 2 * 112 and image.size[1] > 2 * 112  # 2 rows of tiles with captions
     empty = mistakes_gallery(samples[samples["actual"] == samples["predicted"]])
     assert empty.size[1] == 40
+
+
+def test_calibration_never_raises_validation_ece():
+    """Tiny validation sets, nearly separated (0 to 2 mistakes): the NLL-optimal temperature sometimes raises the
+    binned ECE; then temperature 1 is shipped, and the log says why."""
+    generator = torch.Generator().manual_seed(0)
+    rejected = 0
+    for _ in range(60):
+        n = int(torch.randint(6, 20, (1,), generator=generator))
+        logits = torch.randn(n, 3, generator=generator) * float(torch.rand(1, generator=generator) * 6 + 0.5)
+        targets = logits.argmax(1)
+        for i in range(int(torch.randint(0, 3, (1,), generator=generator))):
+            targets[i] = (targets[i] + 1) % 3
+        result = calibrate(logits, targets)
+        fitted_ece = expected_calibration_error(calibrated_probabilities(logits, result.fitted), targets)
+        assert result.ece <= result.ece_uncalibrated + 1e-12
+        if fitted_ece > result.ece_uncalibrated:
+            rejected += 1
+            assert result.temperature == 1.0 and result.rejected and result.worse_ece == fitted_ece
+            assert result.describe().startswith(f"temperature 1 (the fitted {result.fitted:.3f} raised validation ECE")
+        else:
+            assert result.temperature == result.fitted and not result.rejected
+    assert rejected >= 3  # the case this guards against does occur on such sets
+
+
+def test_perfectly_separated_validation_keeps_temperature_1():
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 4.0], [2.5, 0.0, 0.5]])
+    result = calibrate(logits, torch.tensor([0, 1, 2, 0]))
+    assert result.temperature == 1.0 and result.ece <= result.ece_uncalibrated

@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from imgclf.compute_weights import class_weights, count_labels, read_weights, weights_document
 from imgclf.errors import DataError
+from imgclf.template import PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTS = [100, 50, 10]
@@ -67,7 +68,7 @@ def test_stage_never_opens_an_image(tmp_path):
         f"nowhere/{label}/{i}.png,{label}\n" for label, n in (("x", 6), ("y", 2)) for i in range(n)))
     (tmp_path / "classes.json").write_text('["x", "y"]')
     result = subprocess.run([sys.executable, str(ROOT / "stages/compute_weights.py"), "--params",
-                             str(ROOT / "params.yaml"), "--train", "train.csv", "--classes", "classes.json",
+                             str(PARAMS), "--train", "train.csv", "--classes", "classes.json",
                              "--out", "weights.json"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "weights.json").read_text())

@@ -15,6 +15,7 @@ from imgclf.errors import ConfigError
 from imgclf.evaluate import EvaluateConfig
 from imgclf.predict import PredictConfig
 from imgclf.split import SplitConfig
+from imgclf.template import PARAMS
 from imgclf.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ SECTIONS = {"demo": DemoConfig, "split": SplitConfig, "decode": DecodeConfig, "c
 
 def params_with(tmp_path, section, **changes):
     """Copy the repository's params.yaml with `section` keys changed (None deletes a key)."""
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = yaml.safe_load(PARAMS.read_text())
     for key, value in changes.items():
         target = data[section]
         *parents, leaf = key.split(".")
@@ -41,7 +42,7 @@ def params_with(tmp_path, section, **changes):
 
 @pytest.mark.parametrize("section", SECTIONS)
 def test_repository_params_are_valid(section):
-    config = load_section(ROOT / "params.yaml", section, SECTIONS[section])
+    config = load_section(PARAMS, section, SECTIONS[section])
     assert isinstance(config, SECTIONS[section])
 
 
@@ -81,7 +82,7 @@ def test_suggests_close_architecture(tmp_path):
 
 def test_exponent_without_dot_is_a_number(tmp_path):
     path = tmp_path / "params.yaml"
-    text = (ROOT / "params.yaml").read_text().replace("lr: 0.0005", "lr: 1e-3")
+    text = (PARAMS).read_text().replace("lr: 0.0005", "lr: 1e-3")
     path.write_text(text)
     assert yaml.safe_load(text)["train"]["lr"] == "1e-3"  # PyYAML's reading, the reason for the rule
     assert load_section(path, "train", TrainConfig).lr == 0.001

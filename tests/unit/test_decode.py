@@ -12,6 +12,7 @@ import torch
 from imgclf.batches import ImageListDataset
 from imgclf.decode import decode_images, decode_split, open_decoded, read_meta
 from imgclf.errors import DataError
+from imgclf.template import PARAMS
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def test_stage_writes_meta_and_refuses_a_missing_split(tmp_path, prepared):
     with pytest.raises(DataError, match="run the decode stage first"):
         read_meta(tmp_path / "nowhere")
     params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text())
+    params.write_text(PARAMS.read_text())
     result = subprocess.run([sys.executable, str(ROOT / "stages/decode.py"), "--params", str(params), "--split",
                              str(tmp_path / "nosplit"), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True)

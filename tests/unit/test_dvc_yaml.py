@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imgclf.template import PIPELINE
+
 ROOT = Path(__file__).resolve().parents[2]
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+DVC = yaml.safe_load(PIPELINE.read_text())
 STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"]
 # Each stage's params section is a config class in the module named after the stage.
 CONFIGS = {"demo": "DemoConfig", "split": "SplitConfig", "decode": "DecodeConfig",

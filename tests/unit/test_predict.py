@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pandas as pd
 import yaml
 
+from imgclf.template import PARAMS
 from tests.conftest import run_stage, write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_predict(model, folder, output, cwd, min_confidence=0.0, subprocess_run=False):
     """Run the predict stage outside DVC, as a user would: returncode, stdout, stderr."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["predict"].update(min_confidence=min_confidence, device="cpu")
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     code, out, err = run_stage("predict", "--params", str(cwd / "params.yaml"), "--model", str(model),

@@ -16,6 +16,7 @@ from imgclf import split as split_module
 from imgclf.errors import DataError
 from imgclf.split import image_problem, inspect_file, inspect_files, scan_image_folder, stratified_split
 from imgclf.split_files import read_split
+from imgclf.template import PARAMS
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_split(raw: Path, out: Path, cwd: Path, params: Path | None = None):
     """Run the real split stage script."""
     args = [sys.executable, str(ROOT / "stages/split.py"), "--raw", str(raw), "--out", str(out),
-            "--params", str(params or ROOT / "params.yaml")]
+            "--params", str(params or PARAMS)]
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd)
 
 
@@ -59,6 +60,31 @@ def test_missing_or_empty_raw_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class folders"):
         scan_image_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("folders, message", [
+    (["china"], "found 1 class folder ('china'); a classifier needs at least 2"),
+    (["Cat", "cat", "dog"], "class folders 'Cat' and 'cat' differ only in case, blanks or Unicode form"),
+    (["cafe\u0301", "caf\u00e9"], "differ only in case, blanks or Unicode form"),  # NFD and NFC
+    (["dog", "dog "], "class folders 'dog' and 'dog ' differ only"),
+    (["test", "train", "val"], "look like a data set already split into train/val/test"),
+])
+def test_class_folders_that_cannot_make_a_classifier_are_refused(tmp_path, folders, message):
+    for k, name in enumerate(folders):
+        for i in range(3):
+            write_png(tmp_path / "raw" / name / f"{i}.png", 10 * k + i)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        scan_image_folder(tmp_path / "raw")
+
+
+def test_one_class_is_refused_by_the_stage_in_one_line_before_writing(tmp_path):
+    for i in range(5):
+        write_png(tmp_path / "raw" / "china" / f"{i}.png", i)
+    result = run_split(tmp_path / "raw", tmp_path / "out", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {tmp_path / 'raw'}: found 1 class folder ('china'); a classifier " \
+                                    f"needs at least 2 (one folder per class: {tmp_path / 'raw'}/<class>/<image files>)"
+    assert not (tmp_path / "out").exists()
 
 
 def digest_of(path: str) -> str:

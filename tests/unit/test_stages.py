@@ -15,7 +15,9 @@ def interrupt(*args, **kwargs):
 
 @pytest.mark.parametrize("name", STAGES)
 def test_ctrl_c_is_one_line_and_exit_130(name, monkeypatch, tmp_path):
-    monkeypatch.setattr(importlib.import_module(f"stages.{name}"), "load_section", interrupt)
+    # The predict stage's main() is imgclf.predict's (it is also the `imgclf-predict` command).
+    module = "imgclf.predict" if name == "predict" else f"stages.{name}"
+    monkeypatch.setattr(importlib.import_module(module), "load_section", interrupt)
     code, out, err = run_stage(name, cwd=tmp_path)
     lines = err.strip().splitlines()
     assert code == 130 and len(lines) == 1 and "Traceback" not in err
