@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imgclf.template import PIPELINE
 from tests.conftest import DVC, TINY, new_project, set_params, sh
 from tests.plots_page import chromium, remote_references, render_offline
 
 ROOT = Path(__file__).resolve().parents[2]
-PLOTS = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+PLOTS = yaml.safe_load(PIPELINE.read_text())["plots"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def repo(tmp_path_factory):
     """A clone-like project (the repository's .dvc/config and .dvc/plots) after `dvc repro evaluate` on tiny params:
     every file the plots read, without the export and predict stages."""
     repo = tmp_path_factory.mktemp("plots")
-    new_project(repo, yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
     set_params(repo, TINY)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
