@@ -1,8 +1,10 @@
 """The export stage and predict with ONNX Runtime: parity, metadata, no torch, bad files, several inputs."""
 
 import json
+import shutil
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import onnx
@@ -106,9 +108,9 @@ print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert "torch" not in loaded and "torchvision" not in loaded
     third_party = loaded - set(sys.stdlib_module_names) - {"imgclf", "stages", "_distutils_hack", "__main__"}
-    allowed = {line.split("==")[0].strip().lower().replace("-", "_")
-               for line in (ROOT / "requirements-predict.txt").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    # The predictor's install: pyproject.toml's base dependencies (requirements-predict.txt installs those).
+    allowed = {dep.split("==")[0].strip().lower().replace("-", "_")
+               for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     aliases = {"PIL": "pillow", "yaml": "pyyaml", "onnxruntime": "onnxruntime", "numpy": "numpy", "tqdm": "tqdm"}
     unexplained = {m for m in third_party if aliases.get(m, m).lower() not in allowed and not m.startswith("_")}
     # What those packages pull in themselves (onnxruntime's, numpy's own helpers) is theirs to install.
@@ -150,3 +152,37 @@ def test_parity_failure_is_one_line_and_leaves_no_model(tmp_path, test_csv, monk
         export_module.export_model(checkpoint_of(tmp_path, "resnet18"), test_csv, tmp_path / "model.onnx",
                                    export_cfg())
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_predictor_installs_without_torch_and_runs_from_any_folder(tmp_path, test_csv):
+    """requirements-predict.txt's install (the package without its `pipeline` extra) in a fresh venv: no torch, an
+    `imgclf-predict` command that runs outside the project on model.onnx and refuses model.pt in one line."""
+    from imgclf.export import export_model
+
+    model_pt = checkpoint_of(tmp_path, "resnet18")
+    export_model(model_pt, test_csv, tmp_path / "model.onnx", export_cfg())
+    source = tmp_path / "source"  # a copy: pip's build must not write into the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "requirements-predict.txt"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "imgclf", source / "imgclf", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", "-r",
+                              "requirements-predict.txt"], cwd=source, capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    assert subprocess.run([str(venv / "bin/python"), "-c", "import torch"], capture_output=True).returncode != 0
+
+    elsewhere = tmp_path / "elsewhere"  # no params.yaml, no project
+    elsewhere.mkdir()
+    done = subprocess.run([str(venv / "bin/imgclf-predict"), "--model", str(tmp_path / "model.onnx"), "--input",
+                           str(tmp_path / "img"), "--output", "out.csv"], cwd=elsewhere, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(elsewhere / "out.csv")) == 10
+    refused = subprocess.run([str(venv / "bin/imgclf-predict"), "--model", str(model_pt), "--input",
+                              str(tmp_path / "img"), "--output", "pt.csv"], cwd=elsewhere, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: {model_pt}: a model.pt needs PyTorch, which this install lacks: pass the exported model.onnx instead "
+        f"(--model models/model.onnx), or install the whole pipeline (pip install -r requirements.txt)")
+    assert not (elsewhere / "pt.csv").exists()
