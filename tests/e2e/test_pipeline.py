@@ -212,8 +212,10 @@ def test_bad_param_stops_the_pipeline_with_one_line_that_says_how_to_recover(rep
         assert not (repo / "models/model.pt").exists()  # DVC's rule: outputs go before the stage runs
     finally:
         (repo / "params.yaml").write_text(original)
-    sh([DVC, "checkout", "train"], repo)  # what the line says
+    sh([DVC, "checkout", "train"], repo)  # what the line says: the cached outputs,
     assert (repo / "models/model.pt").read_bytes() == model
+    assert stale_stages(repo) == ["train"]  # ... but dvclive/ (cache: false) is still gone,
+    sh(["git", "restore", "."], repo)  # ... and git has it
     assert stale_stages(repo) == []
 
 
