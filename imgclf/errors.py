@@ -66,8 +66,31 @@ def recovery_hint() -> str:
     stage = os.environ.get("DVC_STAGE")
     if not stage:
         return ""
-    return (f" (DVC removed this stage's previous outputs before running it: `dvc checkout {stage}` restores them "
-            f"from its cache, `git restore .` those in git)")
+    cached, in_git = stage_outputs(Path(os.environ.get("DVC_ROOT", ".")) / "dvc.yaml", stage)
+    if cached and in_git:
+        how = f"`dvc checkout {stage}` restores {' '.join(cached)} from DVC's cache, and `git restore " \
+              f"{' '.join(in_git)}` the rest"
+    elif in_git:
+        how = f"`git restore {' '.join(in_git)}` restores them"
+    else:
+        how = f"`dvc checkout {stage}` restores them from DVC's cache"
+    return f" (DVC removed this stage's previous outputs before running it: {how})"
+
+
+def stage_outputs(dvc_yaml: Path, stage: str) -> tuple[list[str], list[str]]:
+    """`stage`'s outputs in `dvc_yaml`: (those in DVC's cache, those with `cache: false`, which git keeps).
+
+    ([], []) when dvc.yaml cannot be read: an error message must never fail.
+    """
+    try:
+        import yaml
+
+        outs = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"][stage].get("outs", [])
+        paths = [(out, True) if isinstance(out, str) else (next(iter(out)), next(iter(out.values())).get("cache", True))
+                 for out in outs]
+    except Exception:
+        return [], []
+    return [p for p, cache in paths if cache is not False], [p for p, cache in paths if cache is False]
 
 
 def _is_main_process() -> bool:

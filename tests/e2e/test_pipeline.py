@@ -206,8 +206,9 @@ def test_bad_param_stops_the_pipeline_with_one_line_that_says_how_to_recover(rep
         result = sh([DVC, "repro", "train"], repo, check=False)
         assert result.returncode != 0
         line = next(x for x in (result.stderr + result.stdout).splitlines() if x.startswith("error: "))
-        assert line.startswith("error: params.yaml: train.lr: must be > 0, got -1.0 (DVC removed this stage's "
-                               "previous outputs before running it: `dvc checkout train` restores them")
+        assert line == ("error: params.yaml: train.lr: must be > 0, got -1.0 (DVC removed this stage's previous "
+                        "outputs before running it: `dvc checkout train` restores models/model.pt from DVC's cache, "
+                        "and `git restore dvclive` the rest)")
         assert "Traceback" not in result.stderr + result.stdout
         assert not (repo / "models/model.pt").exists()  # DVC's rule: outputs go before the stage runs
     finally:
@@ -215,7 +216,7 @@ def test_bad_param_stops_the_pipeline_with_one_line_that_says_how_to_recover(rep
     sh([DVC, "checkout", "train"], repo)  # what the line says: the cached outputs,
     assert (repo / "models/model.pt").read_bytes() == model
     assert stale_stages(repo) == ["train"]  # ... but dvclive/ (cache: false) is still gone,
-    sh(["git", "restore", "."], repo)  # ... and git has it
+    sh(["git", "restore", "dvclive"], repo)  # ... and git has it
     assert stale_stages(repo) == []
 
 

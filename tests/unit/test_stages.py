@@ -32,3 +32,20 @@ def test_missing_params_file_is_one_line_and_exit_2(name, tmp_path):
     code, _, err = run_stage(name, "--params", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert code == 2 and err.strip() == f"error: {tmp_path / 'nope.yaml'}: cannot read params file (No such file " \
                                         f"or directory)"
+
+
+def test_an_error_under_dvc_says_how_to_restore_what_dvc_deleted(monkeypatch, tmp_path):
+    from imgclf.errors import recovery_hint
+    from imgclf.template import PIPELINE
+
+    assert recovery_hint() == ""  # not under DVC: nothing was deleted
+    (tmp_path / "dvc.yaml").write_text(PIPELINE.read_text())
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_STAGE", "train")
+    assert recovery_hint() == (" (DVC removed this stage's previous outputs before running it: `dvc checkout train` "
+                               "restores models/model.pt from DVC's cache, and `git restore dvclive` the rest)")
+    monkeypatch.setenv("DVC_STAGE", "export")
+    assert "`dvc checkout export` restores models/model.onnx from DVC's cache, and `git restore reports/export.json`" \
+        in recovery_hint()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # unreadable dvc.yaml: the hint still works
+    assert recovery_hint().endswith("`dvc checkout export` restores them from DVC's cache)")
