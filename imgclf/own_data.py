@@ -84,19 +84,15 @@ def switch_to_own_data(root: str | Path = ".") -> list[str]:
     """Turn the demo project at `root` into one for the user's own images; return what was done, a line each."""
     root = Path(root)
     done = []
-    dvc_yaml = root / "dvc.yaml"
-    if not dvc_yaml.is_file():
-        raise DataError(f"{dvc_yaml}: not found (run this in the project's root folder)")
-    text, found = remove_block(dvc_yaml.read_text(encoding="utf-8"), DEMO_STAGE, "  ")
-    if found:
-        write_text(dvc_yaml, text)
-        done.append(f"{dvc_yaml}: removed the `{DEMO_STAGE}` stage")
-    params = root / "params.yaml"
-    if params.is_file():
-        text, found = remove_block(params.read_text(encoding="utf-8"), DEMO_STAGE, "")
+    if not (root / "dvc.yaml").is_file():
+        raise DataError(f"{root / 'dvc.yaml'}: not found (run this in the project's root folder)")
+    # The stage is a block indented under `stages:` in dvc.yaml; its params a top-level section.
+    for path, indent, what in ((root / "dvc.yaml", "  ", "stage"), (root / "params.yaml", "", "section")):
+        text, found = remove_block(path.read_text(encoding="utf-8"), DEMO_STAGE, indent) if path.is_file() \
+            else ("", False)
         if found:
-            write_text(params, text)
-            done.append(f"{params}: removed the `{DEMO_STAGE}:` section")
+            write_text(path, text)
+            done.append(f"{path}: removed the `{DEMO_STAGE}` {what}")
     lock = root / "dvc.lock"
     if lock.is_file():
         data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
@@ -114,7 +110,7 @@ def switch_to_own_data(root: str | Path = ".") -> list[str]:
     deleted, kept = remove_demo_files(root)
     if deleted:
         done.append(f"deleted the demo's {deleted} images from {' and '.join(DEMO_OUTPUTS)}")
-    if kept:
+    if kept and done:  # said once, when the demo goes; a second run has nothing to say
         done.append(f"kept {len(kept)} files that the demo did not write, e.g. {kept[0]}")
     for output in DEMO_OUTPUTS:
         (root / output).mkdir(parents=True, exist_ok=True)
