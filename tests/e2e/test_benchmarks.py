@@ -71,3 +71,12 @@ def test_imbalance_study_runs_one_tiny_configuration():
 def test_resume_benchmark():
     table = resume.main(["--epochs", "2", "--rounds", "1", "--demo-per-class", "25"])
     assert len(table.rows) == 3 and not table.rows[-1][2].strip().startswith("0.0")
+
+
+def test_ddp_freeze_benchmark_times_both_mechanisms():
+    from benchmarks import ddp_freeze
+
+    table = ddp_freeze.main(["--steps", "2", "--warmup", "1", "--image-size", "16", "--batch-size", "4"])
+    measured = [what.split(": ", 1)[1] for _, what, _ in table.rows]
+    assert measured == ["rebuild DDP", "find_unused_parameters", "rebuild DDP", "find_unused_parameters",
+                        "building a DDP (the rebuild, once per change)"]

@@ -16,7 +16,6 @@ from imgclf import fit as fit_module
 from imgclf.distributed import World
 from imgclf.errors import ConfigError
 from imgclf.fit import EarlyStopping, TrainingRun, load_run_state, run_state, train_one_epoch
-from imgclf.train import training_device
 from tests.conftest import ROOT, run_stage, tiny_train_config
 
 
@@ -77,6 +76,8 @@ def test_as_many_processes_as_gpus_are_launched(prepared, gpus, launches):
 
 
 def test_each_process_gets_its_gpu_and_one_process_per_machine_keeps_cuda_n(gpus):
+    from imgclf.train import training_device
+
     gpus(2)
     cfg = tiny_train_config(device="cuda")
     assert [training_device(cfg, World(r, 2, r, 2)) for r in (0, 1)] == [torch.device("cuda", 0),
