@@ -159,7 +159,7 @@ def kill_after_a_saved_epoch(repo: Path, args: list[str], state: Path, env: dict
 
 def test_a_killed_train_stage_resumes_on_cuda(demo):
     repo, _ = demo
-    params = params_copy(repo, "resume.yaml", train={"epochs": 8, "patience": 8})
+    params = params_copy(repo, "resume.yaml", train={"epochs": 15, "patience": 15})
     args = ["--params", params, "--model", "resumed/model.pt", "--live", "resumed/live", "--state",
             "resumed/state.pt"]
     kill_after_a_saved_epoch(repo, args, repo / "resumed/state.pt")
@@ -173,7 +173,7 @@ def test_a_killed_train_stage_resumes_on_cuda(demo):
 def test_a_state_from_another_device_starts_fresh_and_says_why(demo):
     """`device: auto` with the GPU hidden (CUDA_VISIBLE_DEVICES=""), then visible, and the other way round."""
     repo, _ = demo
-    params = params_copy(repo, "across.yaml", train={"epochs": 3, "patience": 3})
+    params = params_copy(repo, "across.yaml", train={"epochs": 10, "patience": 10})
     args = ["--params", params, "--model", "across/model.pt", "--live", "across/live", "--state", "across/state.pt"]
     hidden = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
     reasons = []
