@@ -1,7 +1,8 @@
 """GPU benchmark: EfficientNet-B0 at 224 px, AMP (bf16/fp16) and channels_last, on 1024x768 JPEGs.
 
-Runs benchmarks.train on CUDA: the classic loop, the train stage's data path and loop, and synthetic
-tensors (the compute limit); prints throughput and loader efficiency.
+Runs benchmarks.train on CUDA: the classic loop (with min(8, cores) DataLoader workers and pinned
+memory, as a user would set them), the train stage's data path and loop, and synthetic tensors (the
+compute limit), all with the train stage's cuDNN autotuning; prints throughput and loader efficiency.
     python -m benchmarks.gpu              # about 3 minutes on one H100 with 16 cores
     python -m benchmarks.gpu --photos 64 --device cpu --epochs 1 --image-size 32   # a check on a CPU
 """

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                     train_model(cfg, work / "split/train.csv", work / "split/val.csv", work / "decoded", classes,
                                 weights, work / "model.pt")
                     metrics = evaluate_model(work / "model.pt", work / "split/test.csv", work / "split/classes.json",
-                                             EvaluateConfig(batch_size=256, num_workers=0, device="cpu")).metrics
+                                             EvaluateConfig(batch_size=256, num_workers=0, device="cpu", precision="fp32")).metrics
                     f1s.append(metrics["f1_macro"])
                     recalls.append(metrics["classes"][rarest]["recall"])
                 rows.append((imbalance, balance, scheme, f1s, recalls))

@@ -10,6 +10,7 @@ image size, batch size and torch threads. Loader efficiency = real-data images/s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -26,14 +27,14 @@ from imgclf.demo import DemoConfig, write_demo
 from imgclf.fit import TrainingRun, identity, train_one_epoch
 from imgclf.model import build_model
 from imgclf.template import PARAMS
-from imgclf.train import make_train_batches
+from imgclf.train import make_train_batches, set_speed_options
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
 AUGMENT = AugmentConfig(hflip=False, rotation=10, translate=0.1, scale=0.1)  # the demo's augmentation
 
 
-def classic_loader(root: Path, image_size: int, batch_size: int):
-    """What users write: ImageFolder + PIL transforms, a WeightedRandomSampler, DataLoader defaults."""
+def classic_loader(root: Path, image_size: int, batch_size: int, workers: int = 0, pin_memory: bool = False):
+    """What users write: ImageFolder + PIL transforms, a WeightedRandomSampler, DataLoader with `workers` processes."""
     from torch.utils.data import DataLoader, WeightedRandomSampler
     from torchvision import datasets
     from torchvision import transforms as T
@@ -46,7 +47,7 @@ def classic_loader(root: Path, image_size: int, batch_size: int):
     counts = np.bincount(dataset.targets)
     weights = [1.0 / counts[t] for t in dataset.targets]  # from .targets: iterating is timed in `weights`
     sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory)
 
 
 def classic_epoch(model, loader, criterion, optimizer, device) -> None:
@@ -83,8 +84,9 @@ def timed_epochs(runners: dict, images_per_epoch: int, epochs: int, device: torc
 
 
 def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torch.device, arch: str,
-                image_size: int, batch_size: int, epochs: int, precision: str) -> None:
+                image_size: int, batch_size: int, epochs: int, precision: str, classic_workers: int = 0) -> None:
     """Classic loop vs the train stage's data path and loop vs synthetic tensors, on one image folder."""
+    set_speed_options(device)  # what the train stage switches on (cuDNN autotuning on CUDA), for every variant
     paths, targets, classes = image_folder_files(root)
     n, criterion = len(paths), torch.nn.CrossEntropyLoss()
 
@@ -103,7 +105,7 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
 
     # 1. The classic loop: fp32, contiguous, decode + resize + augment every image every epoch.
     classic_model, classic_optimizer = fresh_model(False)
-    loader = classic_loader(root, image_size, batch_size)
+    loader = classic_loader(root, image_size, batch_size, classic_workers, pin_memory=device.type == "cuda")
 
     # 2. The train stage: decoded once by the decode stage's code, then batches, augmentation on the device.
     start = time.perf_counter()
@@ -140,7 +142,7 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
                              device)["data"]
 
     label = f"{name} ({n} imgs, {image_size} px, {arch}, batch {batch_size})"
-    table.add("train", f"{label}: classic loop", f"{classic:8.1f} img/s")
+    table.add("train", f"{label}: classic loop", f"{classic:8.1f} img/s  ({classic_workers} loader workers)")
     table.add("train", f"{label}: train stage", f"{ours_rate:8.1f} img/s  ({ours_rate / classic:.2f}x classic)")
     table.add("train", f"{label}: synthetic tensors (limit)", f"{limit_rate:8.1f} img/s")
     table.add("train", f"{label}: loader efficiency, train stage", f"{ours_rate / limit_rate:8.3f}")
@@ -148,6 +150,11 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
               f"({1 / data_only / (1 / data_only + 1 / limit_rate):.1%} of a step's time)")
     table.add("train", f"{label}: loader efficiency, classic loop", f"{classic / limit_classic:8.3f}")
     table.add("train", f"{label}: decode stage, once", f"{decode_seconds:8.1f} s ({n / decode_seconds:.0f} img/s)")
+
+
+def user_workers(device: torch.device) -> int:
+    """The DataLoader workers a user would set for the classic loop: min(8, cores) beside a GPU, 0 on a CPU alone."""
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 def make_dataset(name: str, root: Path, photos: int, demo_per_class: int | None = None) -> None:
@@ -176,6 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", help="the train stage's precision param")
     parser.add_argument("--photos", type=int, default=1000, help="1024x768 JPEGs in the photo set")
     parser.add_argument("--demo-per-class", type=int, default=None, help="shrink the demo (tests)")
+    parser.add_argument("--classic-workers", type=int, default=None,
+                        help="DataLoader workers of the classic loop (default: as a user would set them, "
+                             "min(8, cores) on CUDA; 0 on a CPU, where the loop competes with them for the cores)")
 
 
 def run(args: argparse.Namespace, table: Table, work: Path) -> None:
@@ -183,9 +193,11 @@ def run(args: argparse.Namespace, table: Table, work: Path) -> None:
     for name in args.datasets.split(","):
         root = work / name
         make_dataset(name, root, args.photos, args.demo_per_class)
-        bench_train(table, name, root, work, device=torch.device(args.device), arch=args.arch,
+        device = torch.device(args.device)
+        workers = args.classic_workers if args.classic_workers is not None else user_workers(device)
+        bench_train(table, name, root, work, device=device, arch=args.arch,
                     image_size=args.image_size if name == "photos" else 32, batch_size=args.batch_size,
-                    epochs=args.epochs, precision=args.precision)
+                    epochs=args.epochs, precision=args.precision, classic_workers=workers)
 
 
 def main(argv: list[str] | None = None) -> Table:

@@ -61,7 +61,12 @@ class BatchRandomAffine:
         theta = torch.stack([
             torch.stack([flip * cos, flip * sin, -flip * (cos * shift_x + sin * shift_y)], 1),
             torch.stack([-sin, cos, sin * shift_x - cos * shift_y], 1),
-        ], 1).float().to(images.device)  # float64 math on the CPU; MPS has no float64
+        ], 1).float()  # float64 math on the CPU (the same draws on every device); MPS has no float64
+        if images.device.type == "cuda":
+            # From pageable memory a copy to the GPU waits for it to finish its queue; from pinned memory
+            # it is queued like a kernel (torch's caching host allocator keeps the block until it is done).
+            theta = theta.pin_memory()
+        theta = theta.to(images.device, non_blocking=True)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         # grid_sample pads with zeros; shifting by the fill colour first makes it pad with that colour.
         out = F.grid_sample(images - self.fill, grid.to(images.dtype), mode="bilinear",

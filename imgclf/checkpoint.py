@@ -12,7 +12,7 @@ from torch import nn
 from imgclf.artifacts import atomic_open
 from imgclf.calibration import calibrated_probabilities
 from imgclf.errors import DataError
-from imgclf.inference import autocast, select_device
+from imgclf.inference import evaluation_precision, select_device
 from imgclf.model import build_model
 from imgclf.transforms import ModelInput, memory_format
 
@@ -31,15 +31,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) 
         torch.save({"format": FORMAT, "state_dict": state, **metadata}, handle)
 
 
-def checkpoint_classifier(path: str | os.PathLike, device_name: str) \
+def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32") \
         -> tuple[list[str], int, Callable[[np.ndarray], np.ndarray]]:
-    """model.pt as predict uses it: (classes, image size, calibrated probabilities of a uint8 N x 3 x S x S batch)."""
+    """model.pt as predict uses it: (classes, image size, calibrated probabilities of a uint8 N x 3 x S x S batch).
+
+    float32 unless `precision` opts in to bf16/fp16 (inference.evaluation_precision).
+    """
     device = select_device(device_name)
     model, meta = load_checkpoint(path, device)
     prepare = ModelInput(meta["mean"], meta["std"], device)
 
     def probabilities(images: np.ndarray) -> np.ndarray:
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), evaluation_precision(device, precision):
             logits = model(prepare(torch.from_numpy(images)))
         return calibrated_probabilities(logits, meta["temperature"]).cpu().numpy()
 

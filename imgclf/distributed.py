@@ -30,6 +30,7 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -43,9 +44,9 @@ class World:
 
     @classmethod
     def from_env(cls) -> "World":
-        """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (a plain run is rank 0 of 1)."""
+        """Read torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (a plain run is rank 0 of 1)."""
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+                   int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
     def start(self, device: torch.device) -> None:
         """Join the process group: NCCL between GPUs, gloo on the CPU; collectives time out.
@@ -59,9 +60,17 @@ class World:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
 
     def stop(self) -> None:
-        """Leave the process group."""
+        """Leave the process group (NCCL warns at exit about one left open); safe to call when not in one."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every process (`value` itself without torchrun): rank 0 decides, the others follow."""
+        if not self.distributed:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather(self, value: Any) -> list[Any]:
         """`value` from every process, in rank order (a list of one without torchrun)."""

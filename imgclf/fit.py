@@ -29,7 +29,9 @@ class TrainingRun:
 
     `model` is what is stepped (a torch.compile wrapper shares its parameters with the plain model).
     `scheduler` steps once per epoch, or after every batch when `scheduler_per_batch` (OneCycleLR).
-    `set_frozen(True)` leaves only the output layer trainable (for `freeze_epochs`).
+    `set_frozen(True)` leaves only the output layer trainable (for `freeze_epochs`); when the stepped
+    model cannot follow a change of the trainable set (DDP registers its gradient hooks for the
+    parameters that train when it is built), it returns the model to step from now on, else None.
     """
 
     model: nn.Module
@@ -43,7 +45,7 @@ class TrainingRun:
     precision: str = "auto"
     augment: Callable[[torch.Tensor], torch.Tensor] = identity
     scheduler_per_batch: bool = False
-    set_frozen: Callable[[bool], None] = lambda frozen: None
+    set_frozen: Callable[[bool], nn.Module | None] = lambda frozen: None
     generator: torch.Generator | None = None  # the sampler's and augmentation's: saved with the state
     world: World = World()  # this process's rank; val_batches then hold its shard of the validation set
     eval_model: nn.Module | None = None  # what validates (the plain model under DDP); default `model`
@@ -59,13 +61,26 @@ def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
     """One pass over the training batches (augmented, after `prepare`); returns the mean loss per image.
 
     Under DDP the loss is this process's; the gradients are averaged over the processes by DDP.
+    The mean is the only value read back from the device, once, after the epoch.
+    """
+    total, count = train_epoch_on_device(run, desc)
+    return total.item() / max(count, 1)
+
+
+def train_epoch_on_device(run: TrainingRun, desc: str = "train") -> tuple[torch.Tensor, int]:
+    """train_one_epoch's loop: (the loss summed over the images, still on the device; the image count).
+
+    Nothing in it waits for the GPU: no value is read back (a read-back would stall the GPU's queue
+    every time), and every host-to-device copy is from pinned memory (the GPU tier checks it under
+    torch.cuda.set_sync_debug_mode("error")). fp16's GradScaler is the exception: its step reads
+    the inf check back (torch's design); bf16 and fp32 have none.
     """
     run.model.train()
     total = torch.zeros((), dtype=torch.float32, device=run.device)  # float32: MPS has no float64
     count = 0
     progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0,
                     disable=not run.world.is_main)
-    for step, (images, targets) in enumerate(progress, 1):
+    for images, targets in progress:
         images = run.augment(run.prepare(images))
         targets = targets.to(run.device, non_blocking=True)
         with autocast(run.device, run.precision):
@@ -79,14 +94,15 @@ def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
         # Summed on the device: reading a loss back every step would stall a GPU's queue.
         total += loss.detach() * len(targets)
         count += len(targets)
-        if step % 20 == 0:
-            progress.set_postfix(loss=f"{total.item() / count:.4f}", refresh=False)
-    return total.item() / max(count, 1)
+    return total, count
 
 
-def all_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device, precision: str = "auto",
-               desc: str = "val", world: World = World()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets of the whole validation set, in its order, on every process.
+def all_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device, desc: str = "val",
+               world: World = World()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and targets of the whole validation set, in its order, on every process.
+
+    Always float32, whatever the training precision: early stopping, the best epoch and the
+    temperature shipped in model.pt must not depend on autocast (nor differ between CUDA and CPU).
 
     Under DDP each process holds positions rank, rank + world_size, ... (no padding: every image
     counts once); their logits are gathered and interleaved back. The model's buffers (BatchNorm's
@@ -95,8 +111,7 @@ def all_logits(model: nn.Module, loader: Batches, prepare: Callable, device: tor
     if world.distributed:
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    logits, targets = predict_logits(model, loader, prepare, device, precision, desc=desc,
-                                     progress=world.is_main)
+    logits, targets = predict_logits(model, loader, prepare, device, "fp32", desc=desc, progress=world.is_main)
     if not world.distributed:
         return logits, targets
     parts = world.gather((logits, targets))
@@ -111,10 +126,13 @@ def all_logits(model: nn.Module, loader: Batches, prepare: Callable, device: tor
     return full_logits, full_targets
 
 
-def validate(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
-             precision: str = "auto", desc: str = "val", world: World = World()) -> tuple[float, float]:
-    """Unweighted cross-entropy and weighted F1 of `model` on the whole validation set (the same on every rank)."""
-    logits, targets = all_logits(model, loader, prepare, device, precision, desc, world)
+def validate(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device, desc: str = "val",
+             world: World = World()) -> tuple[float, float]:
+    """Unweighted cross-entropy and weighted F1 of `model` on the whole validation set (the same on every rank).
+
+    In float32 (all_logits), whatever the training precision.
+    """
+    logits, targets = all_logits(model, loader, prepare, device, desc, world)
     loss = F.cross_entropy(logits, targets).item()
     return loss, weighted_f1(targets.numpy(), logits.argmax(1).numpy())
 
@@ -186,7 +204,7 @@ def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epo
     return {"epoch": epoch, "history": list(history), "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "stopper": stopper.state_dict(epoch),
-            "rng": run.world.gather(rng_states(run.generator))}  # every process's, by rank
+            "rng": run.world.gather(rng_states(run.generator, run.device))}  # every process's, by rank
 
 
 def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> list[dict]:
@@ -194,11 +212,12 @@ def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> lis
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # a disabled scaler saves {}: the set-up (fingerprinted) made it so, and still does
+        run.scaler.load_state_dict(state["scaler"])
     stopper.load_state_dict(state["stopper"], run.model)
     if len(state["rng"]) != run.world.world_size:  # the fingerprint holds the world size: a bug if reached
         raise ValueError(f"a state of {len(state['rng'])} processes cannot resume {run.world.world_size}")
-    restore_rng_states(state["rng"][run.world.rank], run.generator)
+    restore_rng_states(state["rng"][run.world.rank], run.generator, run.device)
     return list(state["history"])
 
 
@@ -222,9 +241,11 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         getattr(run.train_batches, "set_epoch", lambda e: None)(epoch)
         lr = run.optimizer.param_groups[0]["lr"]
         if freeze_epochs:
-            run.set_frozen(epoch <= freeze_epochs)
+            stepped = run.set_frozen(epoch <= freeze_epochs)
+            if stepped is not None:
+                run.model = stepped
         train_loss = train_one_epoch(run, desc=f"epoch {epoch}/{epochs} train")
-        val_loss, val_f1 = validate(evaluator, run.val_batches, run.prepare, run.device, run.precision,
+        val_loss, val_f1 = validate(evaluator, run.val_batches, run.prepare, run.device,
                                     desc=f"epoch {epoch}/{epochs} val", world=run.world)
         if not run.scheduler_per_batch:
             run.scheduler.step()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -38,15 +38,19 @@ def loader_options(num_workers: int, device: torch.device) -> dict:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a `precision` param: auto is bf16 (or fp16) on CUDA and fp32 elsewhere."""
+    """The autocast dtype for a `precision` param: auto is bf16 (or fp16) on CUDA and fp32 elsewhere.
+
+    bf16 only where the GPU has it natively (Ampere, sm 8.0, and later): torch's is_bf16_supported()
+    also counts emulation by default, which on a T4 or V100 is slower than fp16 with loss scaling.
+    """
     if precision == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast(device: torch.device, precision: str = "auto"):
+def autocast(device: torch.device, precision: str):
     """Mixed precision as `precision` says (see autocast_dtype); a no-op context for fp32."""
     dtype = autocast_dtype(precision, device)
     if dtype is None:
@@ -54,15 +58,47 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """IEEE float32 in cuDNN convolutions and cuBLAS matmuls for the duration (no TF32), then as before.
+
+    torch lets cuDNN convolutions use TF32 (10-bit mantissa) by default on Ampere and later: fine for
+    training, but evaluation must score like the CPU and like model.onnx. Only torch's new
+    `fp32_precision` API is used (mixing it with the legacy `allow_tf32` flags is an error in torch 2.14).
+    """
+    knobs = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)
+    saved = [knob.fp32_precision for knob in knobs]
+    for knob in knobs:
+        knob.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for knob, value in zip(knobs, saved):
+            knob.fp32_precision = value
+
+
+def evaluation_precision(device: torch.device, precision: str):
+    """The context evaluation runs in: exact float32 for `fp32` (no TF32), autocast for an opt-in bf16/fp16."""
+    if precision == "auto":  # auto is training's choice; evaluation opts in to reduced precision explicitly
+        raise ValueError("evaluation precision must be fp32, bf16 or fp16")
+    if autocast_dtype(precision, device) is None:
+        return exact_fp32() if device.type == "cuda" else contextlib.nullcontext()
+    return autocast(device, precision)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: Batches, prepare: Callable, device: torch.device,
-                   precision: str = "auto", desc: str = "predict",
+                   precision: str = "fp32", desc: str = "predict",
                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and targets (on the CPU) for every uint8 batch of `loader`, in order."""
+    """Float32 logits and targets (on the CPU) for every uint8 batch of `loader`, in order.
+
+    fp32 unless `precision` opts in to bf16 or fp16 (evaluate and predict's param): validation, early
+    stopping and the temperature fit always score in float32, as the CPU and model.onnx do.
+    """
     model.eval()
     all_logits, all_targets = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0, disable=not progress):
-        with autocast(device, precision):
+        with evaluation_precision(device, precision):
             logits = model(prepare(images))
         all_logits.append(logits.float().cpu())
         all_targets.append(torch.as_tensor(targets))

@@ -12,14 +12,14 @@ import csv
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
 from imgclf.config import Device, load_section, param
-from imgclf.errors import DataError, ignore_interrupts, stage_main
+from imgclf.errors import ConfigError, DataError, ignore_interrupts, stage_main
 from imgclf.images import list_inputs, load_resized_or_error
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
@@ -36,6 +36,9 @@ class PredictConfig:
                                  ge=0, le=1)
     num_workers: int = param("processes decoding images beside the model (0: the main process)", ge=0)
     device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several (model.pt only)")
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32: the probabilities model.onnx and the CPU give (TF32 off on CUDA); bf16/fp16: autocast, an opt-in "
+        "for speed (model.pt only)")
 
 
 @dataclass
@@ -47,9 +50,12 @@ class Classifier:
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
-def open_classifier(model_path: str | os.PathLike, device: str) -> Classifier:
+def open_classifier(model_path: str | os.PathLike, device: str, precision: str = "fp32") -> Classifier:
     """model.onnx through ONNX Runtime (no torch), anything else as a model.pt checkpoint through PyTorch."""
     if str(model_path).lower().endswith(".onnx"):
+        if precision != "fp32":  # ONNX Runtime runs the exported float32 graph: say so rather than ignore it
+            raise ConfigError(f"predict.precision: {precision} applies to model.pt only; {model_path} runs in "
+                              f"float32 (set predict.precision: fp32)")
         from imgclf.onnx_model import OnnxClassifier
 
         model = OnnxClassifier(model_path)
@@ -62,7 +68,7 @@ def open_classifier(model_path: str | os.PathLike, device: str) -> Classifier:
                         f"(pip install -r requirements.txt)") from None
     from imgclf.checkpoint import checkpoint_classifier
 
-    classes, image_size, probabilities = checkpoint_classifier(model_path, device)
+    classes, image_size, probabilities = checkpoint_classifier(model_path, device, precision)
     return Classifier(classes, image_size, probabilities)
 
 
@@ -101,7 +107,7 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathL
     of ok, uncertain and error rows.
     """
     paths = list_inputs(inputs)
-    model = open_classifier(model_path, cfg.device)
+    model = open_classifier(model_path, cfg.device, cfg.precision)
     classes = model.classes
     counts = {"ok": 0, "uncertain": 0, "error": 0}
     with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:

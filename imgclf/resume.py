@@ -14,7 +14,7 @@ import os
 import random
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,13 +30,21 @@ FORMAT = "imgclf.train_state/1"
 
 @dataclass
 class Fingerprint:
-    """What a state belongs to: the train params and the SHA-256 of each input file."""
+    """What a state belongs to: the train params, the SHA-256 of each input file, and the device set-up.
+
+    `setup` holds what the params leave open (`device: auto`, `precision: auto`): the device kind and
+    the autocast dtype actually used. A state from another set-up is not resumed: its random states,
+    loss scaler and numerics belong to that device (a CPU state has no CUDA generator, a bf16 run no
+    GradScaler state), and no resume across devices could be exact anyway.
+    """
 
     params: dict
     inputs: dict[str, str]
+    setup: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, params: dict, input_files: Sequence[str | os.PathLike], **values: Any) -> "Fingerprint":
+    def of(cls, params: dict, input_files: Sequence[str | os.PathLike], setup: dict[str, str] | None = None,
+           **values: Any) -> "Fingerprint":
         """Hash `input_files` (small ones: the split CSVs, the decoded arrays' index) and JSON `values`."""
         inputs = {}
         for path in input_files:
@@ -44,18 +52,25 @@ class Fingerprint:
             inputs[Path(path).as_posix()] = digest
         for name, value in values.items():
             inputs[name] = hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
-        return cls(json.loads(json.dumps(params)), inputs)
+        return cls(json.loads(json.dumps(params)), inputs, dict(setup or {}))
 
     def differences(self, other: "Fingerprint") -> list[str]:
         """What differs from `other`, in words: `train.lr`, `input data/split/train.csv`, ..."""
         keys = sorted(set(self.params) | set(other.params))
         changed = [f"train.{k}" for k in keys if self.params.get(k) != other.params.get(k)]
         names = sorted(set(self.inputs) | set(other.inputs))
-        return changed + [f"input {n}" for n in names if self.inputs.get(n) != other.inputs.get(n)]
+        changed += [f"input {n}" for n in names if self.inputs.get(n) != other.inputs.get(n)]
+        kinds = sorted(set(self.setup) | set(other.setup))
+        return changed + [f"{k} ({other.setup.get(k, 'unknown')} -> {self.setup.get(k, 'unknown')})" for k in kinds
+                          if self.setup.get(k) != other.setup.get(k)]
 
 
-def rng_states(generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random number generator training draws from: torch (dropout), CUDA, NumPy, Python, the sampler's."""
+def rng_states(generator: torch.Generator | None, device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """Every random number generator training draws from: torch (dropout), CUDA, NumPy, Python, the sampler's.
+
+    On CUDA, the generator of the training `device` alone: not one per visible GPU
+    (`get_rng_state_all`), which a machine with fewer GPUs visible could not restore.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # NumPy's and Python's states as tensors and lists: weights_only loading accepts nothing else.
     states = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
@@ -63,13 +78,14 @@ def rng_states(generator: torch.Generator | None) -> dict[str, Any]:
               "python": list(random.getstate())}
     if generator is not None:
         states["generator"] = generator.get_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_rng_states(states: dict[str, Any], generator: torch.Generator | None) -> None:
-    """Put every generator back where rng_states() found it."""
+def restore_rng_states(states: dict[str, Any], generator: torch.Generator | None,
+                       device: torch.device = torch.device("cpu")) -> None:
+    """Put every generator back where rng_states() found it (CUDA's: on this run's training `device`)."""
     torch.set_rng_state(states["torch"])
     if generator is not None:
         generator.set_state(states["generator"])
@@ -77,8 +93,8 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator | None
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if device.type == "cuda" and isinstance(states.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def save_state(path: str | os.PathLike, fingerprint: Fingerprint, state: dict) -> None:
@@ -95,7 +111,8 @@ def save_state(path: str | os.PathLike, fingerprint: Fingerprint, state: dict) -
     serialization_config.save.compute_crc32 = False
     try:
         with atomic_path(path) as tmp:
-            torch.save({"format": FORMAT, "params": fingerprint.params, "inputs": fingerprint.inputs, **state}, tmp)
+            torch.save({"format": FORMAT, "params": fingerprint.params, "inputs": fingerprint.inputs,
+                        "setup": fingerprint.setup, **state}, tmp)
     finally:
         serialization_config.save.compute_crc32 = crc
 
@@ -112,7 +129,7 @@ def load_state(path: str | os.PathLike, fingerprint: Fingerprint, quiet: bool = 
             data = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} file")
-        saved = Fingerprint(data["params"], data["inputs"])
+        saved = Fingerprint(data["params"], data["inputs"], data.get("setup", {}))
     except Exception as err:  # unreadable, foreign or pickled code: never fatal, never executed
         say(f"warning: {path}: ignored, not a resumable training state "
                    f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); starting fresh")

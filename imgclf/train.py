@@ -67,7 +67,8 @@ class TrainConfig:
                                 "(NCCL), or CPU processes (gloo); batch_size is per process", ge=1)
     compile: bool = param("wrap the model in torch.compile for training (opt-in; see the README's Speed section)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = param(
-        "auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere; bf16/fp16 force autocast")
+        "training autocast: auto is bf16 on CUDA GPUs with native bf16 (Ampere, sm 8.0+), fp16 with loss scaling "
+        "on older ones, fp32 elsewhere; bf16/fp16 force it. Validation always runs in fp32")
     seed: int = param("seed of weights init, sampling and augmentation", ge=0)
     device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
@@ -168,6 +169,38 @@ def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int
                           pin_memory=device.type == "cuda")
 
 
+def training_device(cfg: TrainConfig, world: World) -> torch.device:
+    """The device this process trains on: `cfg.device`, or under DDP on CUDA the local rank's GPU.
+
+    Refused in one line, before any process starts: more processes on this machine than visible
+    GPUs (NCCL needs one GPU per process; rank 1 would fail in CUDA with "invalid device ordinal"),
+    and `cuda:N` with several processes on this machine (each takes its own GPU, so one pinned GPU
+    cannot be honoured). With one process per machine (torchrun over machines) `cuda:N` is that
+    machine's GPU N.
+    """
+    device = select_device(cfg.device)
+    if device.type != "cuda" or not world.distributed:
+        return device
+    processes = world.local_world_size
+    if processes > 1 and cfg.device.startswith("cuda:"):
+        raise ConfigError(f"train.device: {cfg.device} pins one GPU, but each of the {processes} training "
+                          f"processes on this machine (train.nproc_per_node) takes a GPU of its own; "
+                          f"set train.device: cuda (or auto)")
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        visible = f"{gpus} {'is' if gpus == 1 else 'are'} visible"
+        raise ConfigError(f"train.nproc_per_node: {processes} training processes on this machine need {processes} "
+                          f"GPUs (NCCL: one per process), but {visible}; set train.nproc_per_node: {gpus}, "
+                          f"or train.device: cpu for CPU processes (gloo)")
+    return device if processes == 1 and device.index is not None else torch.device("cuda", world.local_rank)
+
+
+def set_speed_options(device: torch.device) -> None:
+    """What the train stage switches on for speed on `device` (benchmarks.train measures the same)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+
+
 def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | os.PathLike,
                 decoded_dir: str | os.PathLike, classes: Sequence[str], class_weights: Sequence[float],
                 model_path: str | os.PathLike, on_epoch: Callable[[dict], None] = lambda metrics: None,
@@ -175,15 +208,27 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`.
 
     With `state_path`, the whole training state is saved there after every epoch; a later call with
-    the same params and inputs resumes from it (bit-exact on the CPU), and a completed run removes it.
-    Under torchrun (several processes) only rank 0 writes, prints and calls `on_epoch`.
+    the same params, inputs and device set-up resumes from it (bit-exact on the CPU), and a completed
+    run removes it. Under torchrun (several processes) only rank 0 writes, prints and calls
+    `on_epoch`, and rank 0 alone decides whether to resume (the others receive its state).
     """
     world = World.from_env()
-    device = select_device(cfg.device)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)  # one GPU per process
-        torch.cuda.set_device(device)
+    device = training_device(cfg, world)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL and broadcast_object_list use the current GPU
     world.start(device)
+    try:
+        return _train(cfg, world, device, train_csv, val_csv, decoded_dir, classes, class_weights, model_path,
+                      on_epoch, state_path)
+    finally:
+        world.stop()  # on every exit path: an error, Ctrl-C, or done (NCCL warns about a group left open)
+
+
+def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str | os.PathLike,
+           val_csv: str | os.PathLike, decoded_dir: str | os.PathLike, classes: Sequence[str],
+           class_weights: Sequence[float], model_path: str | os.PathLike, on_epoch: Callable[[dict], None],
+           state_path: str | os.PathLike | None) -> FitResult:
+    """train_model's work once the process group (if any) is joined."""
     say = print if world.is_main else (lambda *args, **kwargs: None)
     # Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
     generator = seed_everything(cfg.seed + world.rank)
@@ -199,35 +244,49 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
     check_image_size(model, cfg.arch, image_size)
     model = model.to(device, memory_format=memory_format(device))
-    # DDP averages the gradients over the processes (and starts them all from rank 0's weights).
-    stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world.distributed else model
+
+    def stepped_model() -> nn.Module:
+        """What the optimizer steps: DDP over the parameters that train now (averaging their gradients over
+        the processes, from rank 0's weights), compiled if asked; the compiled wrapper shares its parameters
+        with `model`, which is what gets saved."""
+        stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world.distributed else model
+        return torch.compile(stepped) if cfg.compile else stepped  # opt-in (see docs/benchmarks.md)
+
+    def set_frozen(frozen: bool) -> nn.Module | None:
+        """Freeze or unfreeze the backbone; under DDP a changed trainable set gets a new DDP (measured in
+        docs/distributed.md: a rebuild per change costs nothing per step, find_unused_parameters costs every step)."""
+        before = [parameter.requires_grad for parameter in model.parameters()]
+        set_backbone_trainable(model, not frozen)
+        changed = before != [parameter.requires_grad for parameter in model.parameters()]
+        return stepped_model() if changed and world.distributed else None
+
     loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler, per_batch = make_scheduler(cfg, optimizer, len(train_batches))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    set_speed_options(device)
 
+    dtype = autocast_dtype(cfg.precision, device) or torch.float32
     processes = f", {world.world_size} processes of batch {cfg.batch_size}" if world.distributed else ""
-    say(f"training {cfg.arch} on {device} ({autocast_dtype(cfg.precision, device) or torch.float32}) "
+    say(f"training {cfg.arch} on {device} ({dtype}) "
         f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
         f"{len(classes)} classes{processes}")
-    # Opt-in (see docs/benchmarks.md). The compiled wrapper shares its parameters with `model`,
-    # which is what gets saved.
-    run = TrainingRun(model=torch.compile(stepped) if cfg.compile else stepped, train_batches=train_batches,
+    run = TrainingRun(model=stepped_model(), train_batches=train_batches,
                       val_batches=val_batches, prepare=prepare, criterion=criterion, optimizer=optimizer,
                       scheduler=scheduler, device=device, precision=cfg.precision,
                       augment=BatchRandomAffine(cfg.augment, prepare.fill(), generator),
-                      scheduler_per_batch=per_batch,
-                      set_frozen=lambda frozen: set_backbone_trainable(model, not frozen), generator=generator,
+                      scheduler_per_batch=per_batch, set_frozen=set_frozen, generator=generator,
                       world=world, eval_model=model if world.distributed else None)
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
+                                     setup={"device": device.type, "autocast": str(dtype).removeprefix("torch.")},
                                      classes=list(classes), class_weights=list(class_weights),
                                      world_size=world.world_size)
-        resume_from = load_state(state_path, fingerprint, quiet=not world.is_main)
+        # Rank 0 decides and the others follow, receiving its state: on machines without a shared
+        # .cache, ranks deciding alone would start at different epochs and wait on each other.
+        resume_from = world.broadcast(load_state(state_path, fingerprint) if world.is_main else None)
         if resume_from is not None:
             say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
         writer = StateWriter(state_path, fingerprint) if world.is_main else None
@@ -239,8 +298,8 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
     finally:
         if writer is not None:
             writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
-    # Temperature scaling on the validation set: the best model's confidences made to mean what they say.
-    val_logits, val_targets = all_logits(model, val_batches, prepare, device, cfg.precision, "calibrate", world)
+    # Temperature scaling on the validation set, in float32: the best model's confidences made to mean what they say.
+    val_logits, val_targets = all_logits(model, val_batches, prepare, device, "calibrate", world)
     result.calibration = calibrate(val_logits, val_targets)
     result.temperature = result.calibration.temperature
     if world.is_main:
@@ -253,7 +312,6 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
         f"wrote {model_path}")
     if state_path is not None and world.is_main:
         remove_state(state_path)  # the run is complete: nothing to resume
-    world.stop()
     return result
 
 

@@ -10,7 +10,7 @@ from imgclf.config import load_section
 from imgclf.distributed import World, launch
 from imgclf.errors import stage_main
 from imgclf.split_files import read_classes
-from imgclf.train import TrainConfig, open_live, train_model
+from imgclf.train import TrainConfig, open_live, train_model, training_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,8 @@ def main() -> None:
     class_weights = read_weights(args.weights, classes)
     world = World.from_env()
     if cfg.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        # A device set-up the processes cannot have is refused here, in one line, before any starts.
+        training_device(cfg, World(0, cfg.nproc_per_node, 0, cfg.nproc_per_node))
         # This process becomes torchrun (torch's elastic launcher) for nproc_per_node copies of itself.
         sys.exit(launch(cfg.nproc_per_node, "stages.train", sys.argv[1:], root=Path(__file__).resolve().parents[1]))
     if not world.is_main:  # only rank 0 logs (and writes); the others train and validate their shards

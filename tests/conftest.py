@@ -127,11 +127,39 @@ def workspace_untouched():
                     pytrace=False)
 
 
+# Figures the gpu tier measured, printed after the run (one line each).
+GPU_FIGURES: list[str] = []
+
+
 def pytest_collection_modifyitems(items):
-    """Everything under tests/e2e is the `e2e` tier (real dvc and stage processes): `-m "not e2e"` skips it."""
+    """Everything under tests/e2e is the `e2e` tier (real dvc and stage processes): `-m "not e2e"` skips it.
+
+    Everything under tests/gpu is the `gpu` tier (`-m gpu`), also marked `e2e` (the fast tier never runs
+    it, even on a GPU machine), and skipped with a reason where CUDA is absent.
+    """
+    gpu = [item for item in items if Path(str(item.fspath)).relative_to(ROOT).parts[:2] == ("tests", "gpu")]
+    no_cuda = None
+    if gpu:
+        import torch
+
+        no_cuda = None if torch.cuda.is_available() else \
+            pytest.mark.skip(reason="gpu tier: no CUDA GPU on this machine (run `python -m pytest -m gpu` on one)")
     for item in items:
-        if "e2e" in Path(str(item.fspath)).relative_to(ROOT).parts[:2]:
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts[:2]
+        if "e2e" in parts or "gpu" in parts:
             item.add_marker(pytest.mark.e2e)
+        if "gpu" in parts:
+            item.add_marker(pytest.mark.gpu)
+            if no_cuda is not None:
+                item.add_marker(no_cuda)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The gpu tier's figures, one line each, for docs/gpu.md's "What has run where" table."""
+    if GPU_FIGURES:
+        terminalreporter.section("gpu tier figures")
+        for line in GPU_FIGURES:
+            terminalreporter.write_line(line)
 
 
 def run_stage(name: str, *args: str, cwd: Path | None = None, subprocess_run: bool = False):

@@ -1,5 +1,7 @@
 """Every benchmark runs at a tiny size, so that a refactor cannot break one silently (their numbers are not checked)."""
 
+import os
+
 from benchmarks import gpu, imbalance, predict, resume, split, train, weights
 from benchmarks.common import Table
 
@@ -13,6 +15,21 @@ def test_train_benchmark_runs_on_a_tiny_demo():
     table = train.main(["--datasets", "demo", "--device", "cpu", "--epochs", "1", "--batch-size", "16",
                         "--demo-per-class", "8"])
     assert sections(table) == {"train"} and len(table.rows) == 7
+
+
+def test_train_benchmark_measures_what_the_stage_runs_against_a_classic_loop_with_workers(monkeypatch):
+    import torch
+
+    switched, loaders = [], []
+    monkeypatch.setattr(train, "set_speed_options", switched.append)
+    real_loader = train.classic_loader
+    monkeypatch.setattr(train, "classic_loader", lambda *a, **k: loaders.append(real_loader(*a, **k)) or loaders[-1])
+    table = train.main(["--datasets", "demo", "--device", "cpu", "--epochs", "1", "--batch-size", "16",
+                        "--demo-per-class", "8", "--classic-workers", "1"])
+    assert switched == [torch.device("cpu")] and [loader.num_workers for loader in loaders] == [1]
+    assert "(1 loader workers)" in table.markdown()
+    assert train.user_workers(torch.device("cuda")) == min(8, os.cpu_count()) > 0  # benchmarks.gpu's default
+    assert train.user_workers(torch.device("cpu")) == 0
 
 
 def test_gpu_benchmark_script_runs_on_the_cpu():
@@ -54,3 +71,12 @@ def test_imbalance_study_runs_one_tiny_configuration():
 def test_resume_benchmark():
     table = resume.main(["--epochs", "2", "--rounds", "1", "--demo-per-class", "25"])
     assert len(table.rows) == 3 and not table.rows[-1][2].strip().startswith("0.0")
+
+
+def test_ddp_freeze_benchmark_times_both_mechanisms():
+    from benchmarks import ddp_freeze
+
+    table = ddp_freeze.main(["--steps", "2", "--warmup", "1", "--image-size", "16", "--batch-size", "4"])
+    measured = [what.split(": ", 1)[1] for _, what, _ in table.rows]
+    assert measured == ["rebuild DDP", "find_unused_parameters", "rebuild DDP", "find_unused_parameters",
+                        "building a DDP (the rebuild, once per change)"]

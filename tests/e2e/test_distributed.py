@@ -72,7 +72,7 @@ def test_two_processes_write_one_model_and_validate_every_sample_once(workdir):
     batches = make_val_batches(open_decoded(workdir / "decoded", "val", frame["path"]), frame["target"], 3,
                                torch.device("cpu"))
     loss, f1 = validate(model, batches, ModelInput(meta["mean"], meta["std"], torch.device("cpu")),
-                        torch.device("cpu"), "fp32")
+                        torch.device("cpu"))
     assert loss == pytest.approx(summary["val_loss"], rel=1e-5, abs=1e-6)
     assert f1 == pytest.approx(summary["val_f1"], abs=1e-9)
 
@@ -192,3 +192,125 @@ def test_two_machines_of_one_process_each(workdir):
     summary = json.loads((workdir / "nodes/live/metrics.json").read_text())
     history = (workdir / "nodes/live/plots/metrics/val_loss.tsv").read_text().splitlines()
     assert len(history) == 1 + summary["epochs_run"]
+
+
+def test_frozen_backbone_epochs_run_under_two_processes(workdir):
+    """train.freeze_epochs with DDP: the documented fine-tuning recipe on several GPUs, here 2 CPU processes."""
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"].update(freeze_epochs=1)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    out, err = finish(start(workdir, "frozen"))
+    assert "Traceback" not in err and "Expected to have finished reduction" not in err
+    summary = json.loads((workdir / "frozen/live/metrics.json").read_text())
+    assert summary["epochs_run"] == 4 and (workdir / "frozen/model.pt").exists()
+
+
+def _freeze_worker(rank: int, workdir: str, port: int) -> None:
+    """One of two processes training with freeze_epochs=2: parameter checksums after every epoch, backbone and head."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from imgclf import fit as fit_module
+    from imgclf.model import output_layer
+    from imgclf.train import train_model
+    from tests.conftest import tiny_train_config
+
+    sums, real_validate, real_epoch = [], fit_module.validate, fit_module.train_one_epoch
+
+    def checksums(model):
+        head = {id(p) for p in output_layer(model)[1].parameters()}
+        parts = {"head": 0.0, "backbone": 0.0}
+        for parameter in model.parameters():
+            parts["head" if id(parameter) in head else "backbone"] += float(parameter.detach().double().sum())
+        return parts
+
+    def first_epoch_records_start(run, *args, **kwargs):
+        if not sums:
+            sums.append(checksums(run.eval_model))  # the weights before any step
+        return real_epoch(run, *args, **kwargs)
+
+    def validate_and_record(model, *args, **kwargs):
+        sums.append(checksums(model))
+        return real_validate(model, *args, **kwargs)
+
+    fit_module.train_one_epoch, fit_module.validate = first_epoch_records_start, validate_and_record
+    work = Path(workdir)
+    classes = json.loads((work / "split/classes.json").read_text())
+    train_model(tiny_train_config(epochs=3, batch_size=4, freeze_epochs=2), work / "split/train.csv",
+                work / "split/val.csv", work / "decoded", classes, [1.0, 2.0, 3.0], work / f"frozen{rank}.pt")
+    (work / f"frozen_sums{rank}.json").write_text(json.dumps(sums))
+
+
+def test_freezing_under_ddp_trains_the_head_only_then_everything_identically_on_both_ranks(workdir):
+    torch.multiprocessing.spawn(_freeze_worker, args=(str(workdir), free_port()), nprocs=2, join=True)
+    sums = [json.loads((workdir / f"frozen_sums{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(sums[0]) == 1 + 3 and sums[0] == sums[1]  # before training, then after each epoch
+    start, frozen1, frozen2, unfrozen = sums[0]
+    assert start["backbone"] == frozen1["backbone"] == frozen2["backbone"]  # frozen: not a single step
+    assert start["head"] != frozen1["head"] != frozen2["head"]  # the head trains
+    assert unfrozen["backbone"] != frozen2["backbone"]  # unfrozen at epoch 3: the new DDP steps it
+
+
+class Killed(Exception):
+    """Stands in for every process dying after an epoch (the SIGKILL test above does it for real)."""
+
+
+def _resume_worker(rank: int, workdir: str, port: int, phase: str) -> None:
+    """One of two processes, each with its own state file (machines without a shared .cache); `phase`
+    kill: stop both after epoch 2's state is saved; run: train to the end and record the history."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import datetime
+
+    from imgclf import distributed
+    from imgclf import fit as fit_module
+    from imgclf.train import train_model
+    from tests.conftest import tiny_train_config
+
+    distributed.TIMEOUT = datetime.timedelta(seconds=30)  # ranks that disagree fail in 30 s, not 5 minutes
+    if phase == "kill":
+        real_state = fit_module.run_state
+
+        def die_after_epoch_2(run, stopper, history, epoch):
+            if epoch > 2:
+                raise Killed
+            return real_state(run, stopper, history, epoch)
+
+        fit_module.run_state = die_after_epoch_2
+    work = Path(workdir)
+    classes = json.loads((work / "split/classes.json").read_text())
+    try:
+        result = train_model(tiny_train_config(epochs=4, batch_size=4, patience=4), work / "split/train.csv",
+                             work / "split/val.csv", work / "decoded", classes, [1.0, 2.0, 3.0],
+                             work / f"{phase}.pt", state_path=work / f"state{rank}.pt")
+    except Killed:
+        return
+    (work / f"{phase}_history{rank}.json").write_text(json.dumps(result.history))
+
+
+def test_rank_zero_decides_whether_to_resume_and_the_others_follow(workdir):
+    """Two processes on "machines" without a shared .cache: a state file on one rank only."""
+    def run(phase):
+        torch.multiprocessing.spawn(_resume_worker, args=(str(workdir), free_port(), phase), nprocs=2, join=True)
+
+    run("kill")
+    saved = workdir / "saved_state.pt"
+    (workdir / "state0.pt").rename(saved)
+    assert torch.load(saved, weights_only=True)["epoch"] == 2 and not (workdir / "state1.pt").exists()
+
+    # Rank 1 alone holds a state: rank 0 has none and decides for all to start fresh.
+    (workdir / "state1.pt").write_bytes(saved.read_bytes())
+    run("fresh")
+    # Rank 0 alone holds the state: every rank resumes from it, rank 1 receiving it from rank 0.
+    (workdir / "state1.pt").unlink()
+    (workdir / "state0.pt").write_bytes(saved.read_bytes())
+    run("resumed")
+
+    fresh = [json.loads((workdir / f"fresh_history{rank}.json").read_text()) for rank in (0, 1)]
+    resumed = [json.loads((workdir / f"resumed_history{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(fresh[0]) == 4 and fresh[0] == resumed[0]  # rank 0's history, the one logged
+    # Every rank validated the same weights at every epoch (train_loss is each process's own).
+    validated = [[(h["epoch"], h["val_loss"], h["val_f1"]) for h in history] for history in fresh + resumed]
+    assert validated[0] == validated[1] == validated[2] == validated[3]
+    a, b = weights(workdir / "fresh.pt"), weights(workdir / "resumed.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed run is the uninterrupted one, bit for bit
+    assert not (workdir / "state0.pt").exists()  # rank 0 removes its state when done

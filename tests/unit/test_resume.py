@@ -131,3 +131,37 @@ def test_a_pickled_payload_in_the_state_file_is_never_executed(prepared, capsys,
     torch.save({"format": FORMAT, "params": {}, "inputs": {}, "x": Payload()}, prepared / "state.pt")
     run(prepared, tiny_train_config(epochs=1), "m", prepared / "state.pt")
     assert not marker.exists() and "warning:" in capsys.readouterr().out
+
+
+def test_a_cuda_runs_state_met_on_the_cpu_starts_fresh_and_says_why(prepared, capsys):
+    """`device: auto` resolved to CUDA when the state was saved, to the CPU now: no resume across devices."""
+    state = prepared / "state.pt"
+    cfg = tiny_train_config(epochs=3, device="auto", precision="auto")  # auto is the CPU here
+    with pytest.raises(Killed):
+        run(prepared, cfg, "m", state, kill_at=2)
+    saved = torch.load(state, weights_only=True)
+    assert saved["setup"] == {"device": "cpu", "autocast": "float32"}
+    saved["setup"] = {"device": "cuda", "autocast": "bfloat16"}  # as a GPU machine writes it
+    torch.save(saved, state)
+    capsys.readouterr()
+    result, _ = run(prepared, cfg, "m", state)
+    out = capsys.readouterr().out
+    assert (f"not resuming from {state}: device (cuda -> cpu), autocast (bfloat16 -> float32) changed since it was "
+            f"saved; starting fresh") in out
+    assert "resuming from epoch" not in out.replace("not resuming", "") and result.epochs_run == 3
+
+
+def test_a_cpu_runs_state_met_on_cuda_starts_fresh_and_says_why(prepared, capsys):
+    """The other direction, at the decision itself: the same params and inputs, a CUDA set-up now."""
+    from imgclf.resume import Fingerprint, load_state
+
+    state = prepared / "state.pt"
+    with pytest.raises(Killed):
+        run(prepared, tiny_train_config(epochs=3, device="auto"), "m", state, kill_at=2)
+    saved = torch.load(state, weights_only=True)
+    same = Fingerprint(saved["params"], saved["inputs"], {"device": "cpu", "autocast": "float32"})
+    assert load_state(state, same)["epoch"] == 2
+    capsys.readouterr()
+    on_gpu = Fingerprint(saved["params"], saved["inputs"], {"device": "cuda", "autocast": "bfloat16"})
+    assert load_state(state, on_gpu) is None
+    assert "device (cpu -> cuda), autocast (float32 -> bfloat16) changed" in capsys.readouterr().out
