@@ -127,7 +127,7 @@ def test_train_refuses_a_decoded_folder_from_another_split(prepared):
     classes = json.loads((prepared / "split/classes.json").read_text())
     val = (prepared / "split/val.csv").read_text().splitlines()
     (prepared / "split/val.csv").write_text("\n".join(val[:-1]) + "\n")  # one image fewer
-    with pytest.raises(DataError, match=r"decoded/val.npy: decoded from another val split"):
+    with pytest.raises(DataError, match=r"decoded/meta.json: decoded from another val split"):
         train_model(tiny_config(epochs=1), prepared / "split/train.csv", prepared / "split/val.csv",
                     prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
     assert not (prepared / "model.pt").exists()
