@@ -109,10 +109,11 @@ def _encoded(task: tuple[str, StoreParams]) -> tuple[bytes | None, str]:
 
 
 def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image_size: int | DecodeConfig,
-                 workers: int | None = None, say=print) -> dict[str, int]:
+                 workers: int | None = None, say=print, pool: str | os.PathLike | None = None) -> dict[str, int]:
     """Bring the store `out_dir` up to date with the train and val CSVs of `split_dir`, decoding only new images.
 
-    `image_size` is the stage's DecodeConfig (or just a side: crop, raw). Returns counts: train, val,
+    `image_size` is the stage's DecodeConfig (or just a side: crop, raw); `pool` the folder of earlier
+    shards (store.find_pool: beside DVC's cache), if any. Returns counts: train, val,
     decoded (images decoded now), reused, copied (moved out of sparse shards), bytes (the store's size).
     """
     cfg = image_size if isinstance(image_size, DecodeConfig) else DecodeConfig(image_size, "crop", "raw", 90)
@@ -120,7 +121,7 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     workers = workers or os.cpu_count() or 1
     # Both CSVs are read before anything is written.
     splits = {name: read_split_paths(split_dir / f"{name}.csv")["path"].tolist() for name in SPLITS}
-    store = Store(out_dir, cfg.store_params())
+    store = Store(out_dir, cfg.store_params(), pool)
     if store.notice():
         say(store.notice())
     unique = list(dict.fromkeys(p for paths in splits.values() for p in paths))

@@ -1,6 +1,6 @@
 """The decoded-image store: images decoded once per (content, decode params), kept in immutable shards, read in batches.
 
-Layout of a store folder (the decode stage's DVC output, `persist: true`):
+Layout of a store folder (the decode stage's DVC output):
 
     meta.json                     format, decode params, shard list, per split: count, paths and index digests
     <split>.index.npy             int64 N x 3 per split row: (shard number in meta's list, offset, length)
@@ -11,7 +11,8 @@ A shard is never modified once written: adding images writes a new shard beside 
 DVC (a directory output is cached file by file) finds the old shards unchanged and stores nothing
 new for them; with `cache.type` hardlink or reflink the workspace copy is the cache's copy. Entries
 are looked up by the source file's content hash, so a renamed, moved or re-added image is found
-again. A shard whose live entries fall below half is rewritten (bytes copied, not decoded again);
+again. Every shard also has a hard link in a pool beside DVC's cache (`find_pool`), where the next
+run finds it after DVC has deleted the stage's output. A shard whose live entries fall below half is rewritten (bytes copied, not decoded again);
 a shard with none left is deleted. meta.json is written last: until then the previous store is whole.
 """
 
@@ -41,7 +42,8 @@ from imgclf.images import center_crop, describe_error
 FORMAT = "imgclf.decoded/2"
 OLD_FORMATS = ("imgclf.decoded/1",)  # one N x 3 x S x S .npy per split, rewritten whole by every decode
 SHARD_BYTES = 64 * 2**20  # big enough that DVC tracks few files (~300 at 1.28M images), small enough to rewrite
-KEY_DTYPE = np.dtype([("key", "S32"), ("offset", "<i8"), ("length", "<i8")])
+# The key as 32 raw bytes, not NumPy's "S32": that type drops trailing zero bytes, and 1 digest in 256 ends in one.
+KEY_DTYPE = np.dtype([("key", "u1", (32,)), ("offset", "<i8"), ("length", "<i8")])
 # Below this share of live entries, a shard's live entries are copied into a new shard and it is deleted.
 MIN_LIVE = 0.5
 
@@ -166,7 +168,10 @@ class ShardWriter:
             os.fsync(handle.fileno())
             handle.close()
             name = f"{self.params.tag}-{self._hash.hexdigest()[:32]}"
-            keys = np.array(self._pending, dtype=KEY_DTYPE)
+            keys = np.zeros(len(self._pending), dtype=KEY_DTYPE)
+            keys["key"] = np.frombuffer(b"".join(k for k, _, _ in self._pending), np.uint8).reshape(-1, 32)
+            keys["offset"] = [offset for _, offset, _ in self._pending]
+            keys["length"] = [length for _, _, length in self._pending]
             with atomic_path(self.directory / f"{name}.keys.npy") as keys_tmp:
                 with open(keys_tmp, "wb") as out:
                     np.save(out, keys)
@@ -179,6 +184,7 @@ class ShardWriter:
                 raise OutOfSpace(str(err)) from None
             raise
         # The keys file first, then the data under its final name: a .bin is never without its keys.
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the shard is an ordinary output
         os.replace(tmp, self.directory / f"{name}.bin")
         for key, offset, length in self._pending:
             self.written[key] = (name, offset, length)
@@ -199,28 +205,41 @@ class ShardWriter:
 
 
 class Store:
-    """A store folder opened for writing: its shards of these params, looked up by content key."""
+    """A store folder opened for writing: its shards of these params (its own and the pool's), looked up by content.
 
-    def __init__(self, directory: str | os.PathLike, params: StoreParams):
+    The pool (`pool_dir`, beside DVC's cache: see `find_pool`) holds a hard link to every shard the
+    store used: DVC deletes a stage's outputs before it runs the stage, and the pool is where the
+    stage finds its earlier shards again, in this workspace or a queued experiment's copy of it. A
+    link is a name, not a copy: with `cache.type: hardlink` the workspace file, DVC's cache object and
+    the pool's link are one file on disk.
+    """
+
+    def __init__(self, directory: str | os.PathLike, params: StoreParams, pool_dir: str | os.PathLike | None = None):
         self.directory = Path(directory)
         self.params = params
         self.shards_dir = self.directory / "shards"
+        self.pool_dir = Path(pool_dir) if pool_dir else None
         self.catalog: dict[bytes, tuple[str, int, int]] = {}
         self.shard_counts: dict[str, int] = {}
+        self.shard_paths: dict[str, Path] = {}  # where each known shard's .bin is (the output or the pool)
         self.previous = self._read_previous_meta()
-        if self.shards_dir.is_dir():
-            for stale in self.shards_dir.glob(".*.tmp"):  # left by a killed run
+        for folder in (self.shards_dir, self.pool_dir):
+            if folder is None or not folder.is_dir():
+                continue
+            for stale in folder.glob(".*.tmp"):  # left by a killed run
                 stale.unlink(missing_ok=True)
-            for keys_file in sorted(self.shards_dir.glob(f"{params.tag}-*.keys.npy")):
+            for keys_file in sorted(folder.glob(f"{params.tag}-*.keys.npy")):
                 name = keys_file.name[:-len(".keys.npy")]
-                if not (self.shards_dir / f"{name}.bin").is_file():
+                if name in self.shard_paths or not (folder / f"{name}.bin").is_file():
                     continue
                 try:
                     keys = np.load(keys_file)
                 except (OSError, ValueError):
                     continue  # unreadable: its entries are decoded again, and it is removed at commit
+                self.shard_paths[name] = folder / f"{name}.bin"
                 self.shard_counts[name] = len(keys)
-                for key, offset, length in keys.tolist():
+                for key, offset, length in zip(map(bytes, keys["key"]), keys["offset"].tolist(),
+                                               keys["length"].tolist()):
                     self.catalog.setdefault(key, (name, offset, length))
 
     def _read_previous_meta(self) -> dict | None:
@@ -259,7 +278,7 @@ class Store:
     def read_entry(self, key: bytes) -> bytes:
         """The stored bytes of one entry."""
         name, offset, length = self.catalog[key]
-        with open(self.shards_dir / f"{name}.bin", "rb") as handle:
+        with open(self.shard_paths[name], "rb") as handle:
             handle.seek(offset)
             return handle.read(length)
 
@@ -274,12 +293,21 @@ class Store:
         return ShardWriter(self.shards_dir, self.params, shard_bytes)
 
     def commit(self, writer: ShardWriter, splits: dict[str, tuple[Sequence[str], Sequence[bytes], str]]) -> dict:
-        """Write each split's index and meta.json (last), then delete what no split uses.
+        """Link the used shards into the output and the pool, write each split's index and meta.json (last),
+        then delete what no split uses.
 
         `splits`: name -> (paths, their content keys, digest of the paths). Returns the new meta.
         """
         self.catalog.update(writer.written)
+        for name in writer.new_shards:
+            self.shard_paths[name] = self.shards_dir / f"{name}.bin"
         used = sorted({self.catalog[k][0] for _, keys, _ in splits.values() for k in keys})
+        for name in used:
+            for suffix in (".bin", ".keys.npy"):
+                source = self.shard_paths[name].with_name(name + suffix)
+                _link(source, self.shards_dir / (name + suffix))
+                if self.pool_dir is not None:
+                    _link(source, self.pool_dir / (name + suffix), required=False)
         number = {name: i for i, name in enumerate(used)}
         meta = {"format": FORMAT, "params": asdict(self.params), **asdict(self.params),
                 "shards": used, "splits": {}}
@@ -297,17 +325,71 @@ class Store:
         return meta
 
     def _remove_unused(self, used: set[str], splits: set[str]) -> None:
-        """Delete shards no split refers to (any params), index files of other splits, the old format's arrays."""
+        """Delete shards no split refers to (any params), index files of other splits, the old format's arrays.
+
+        In the pool, a shard that is not used now stays while another name still holds it (DVC's cache,
+        for an earlier data version: free on disk, and found again if that version comes back); once
+        `dvc gc` has dropped it, the pool's link is the last one and goes.
+        """
         if self.shards_dir.is_dir():
             for path in self.shards_dir.iterdir():
                 name = path.name.removesuffix(".keys.npy").removesuffix(".bin")
                 if name not in used and path.suffix in (".bin", ".npy"):
                     path.unlink(missing_ok=True)
+        if self.pool_dir is not None and self.pool_dir.is_dir():
+            for path in self.pool_dir.glob("*.bin"):
+                name = path.name.removesuffix(".bin")
+                with contextlib.suppress(OSError):
+                    if name not in used and path.stat().st_nlink <= 1:
+                        path.unlink()
+                        (self.pool_dir / f"{name}.keys.npy").unlink(missing_ok=True)
         for path in self.directory.glob("*.index.npy"):
             if path.name.removesuffix(".index.npy") not in splits:
                 path.unlink(missing_ok=True)
         for old in ("train.npy", "val.npy"):  # imgclf.decoded/1
             (self.directory / old).unlink(missing_ok=True)
+
+
+def _link(source: Path, target: Path, required: bool = True) -> None:
+    """Give `source` a second name `target` (a hard link, no bytes copied); a copy across file systems.
+
+    Without `required` (the pool) a failure only costs reuse later, so it is ignored.
+    """
+    if target.exists() or source == target:
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, target)
+    except OSError:
+        if not required:
+            return
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def find_pool(root: str | os.PathLike = ".") -> Path | None:
+    """The shard pool of the DVC project at `root`: `imgclf-decoded/` inside its DVC cache directory, else None.
+
+    The cache directory is `cache.dir` of .dvc/config.local or .dvc/config (relative to .dvc/), else
+    .dvc/cache. A queued experiment's temporary workspace has config.local pointing at the project's
+    cache, so it finds the same pool.
+    """
+    import configparser
+
+    dvc_dir = Path(root) / ".dvc"
+    if not dvc_dir.is_dir():
+        return None
+    cache = dvc_dir / "cache"
+    for name in ("config", "config.local"):  # config.local wins, as in DVC
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read(dvc_dir / name, encoding="utf-8")
+        except configparser.Error:
+            continue
+        value = parser.get("cache", "dir", fallback=None)
+        if value:
+            cache = dvc_dir / value.strip().strip("'\"")
+    return cache / "imgclf-decoded"
 
 
 def free_bytes(directory: Path) -> int:

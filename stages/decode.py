@@ -1,10 +1,12 @@
 """Stage `decode`: decode every new train and val image once, at the stored resolution, into the store data/decoded."""
 
 import argparse
+import os
 
 from imgclf.config import load_section
 from imgclf.decode import DecodeConfig, decode_split
 from imgclf.errors import stage_main
+from imgclf.store import find_pool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +23,8 @@ def main() -> None:
     """Parse paths, load params.yaml's `decode` section, decode the new train and val images on all cores."""
     args = build_parser().parse_args()
     cfg = load_section(args.params, "decode", DecodeConfig)
-    counts = decode_split(args.split, args.out, cfg)
+    # Earlier shards are found beside DVC's cache (DVC deletes the output before the stage runs).
+    counts = decode_split(args.split, args.out, cfg, pool=find_pool(os.environ.get("DVC_ROOT", ".")))
     storage = f"jpeg q{cfg.quality}" if cfg.storage == "jpeg" else "raw"
     print(f"decode: {counts['decoded']} new images decoded, {counts['reused']} reused, {counts['copied']} moved; "
           f"{counts['train']} train and {counts['val']} val images at {cfg.image_size} px ({cfg.resize}, {storage}) "
