@@ -467,6 +467,7 @@ class StoredSplit:
         self.shape = (len(self.index), 3, self.input_size, self.input_size)
         self.threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        self._decode_jpegs = _torchvision_decoder() if self.params.storage == "jpeg" else None
 
     def cropped(self, input_size: int) -> "StoredSplit":
         """This split with its batches centre-cropped to `input_size` (at most the stored size)."""
@@ -492,21 +493,55 @@ class StoredSplit:
         size = self.stored_size
         out = np.empty((len(rows), 3, size, size), dtype=np.uint8)
         if self.params.storage == "raw" or len(rows) < 8 or self.threads == 1:
-            for i, row in enumerate(rows):
-                self._decode(row, out[i])
+            self._decode_chunk(rows, out, range(len(rows)))
         else:
             chunks = np.array_split(np.arange(len(rows)), min(self.threads, len(rows)))
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads)
-            list(self._pool.map(lambda chunk: [self._decode(rows[i], out[i]) for i in chunk], chunks))
+            list(self._pool.map(lambda chunk: self._decode_chunk(rows, out, chunk), chunks))
         return np.ascontiguousarray(center_crop(out, self.input_size))
 
-    def _decode(self, row: np.ndarray, out: np.ndarray) -> None:
+    def _entry(self, row: np.ndarray) -> memoryview:
         shard, offset, length = (int(v) for v in row)
-        decode_into(memoryview(self._maps[shard])[offset:offset + length], self.params, out)
+        return memoryview(self._maps[shard])[offset:offset + length]
+
+    def _decode_chunk(self, rows: np.ndarray, out: np.ndarray, positions) -> None:
+        """Decode rows[positions] into out[positions]: torchvision's decoder for JPEG entries where it is
+        installed (libjpeg-turbo too, ~1.5x the images per CPU-second of Pillow's, which spends the rest on
+        building an Image per file: docs/benchmarks.md), else Pillow."""
+        if self._decode_jpegs is not None and len(positions):
+            for i, pixels in zip(positions, self._decode_jpegs([bytearray(self._entry(rows[i])) for i in positions])):
+                out[i] = pixels
+            return
+        for i in positions:
+            decode_into(self._entry(rows[i]), self.params, out[i])
 
     def __getstate__(self):  # memory maps and thread pools do not travel to another process
         raise TypeError("StoredSplit is opened in each process, not pickled")
+
+
+def _torchvision_decoder():
+    """A function decoding a list of JPEG byte arrays to uint8 3 x H x W arrays with torchvision, or None.
+
+    Imported here, not at the top: the decode stage writes the store and must not import torch.
+    """
+    import warnings
+
+    try:
+        import torch
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces that its image codecs move to TorchCodec; until they go, they are the
+            # fastest decoder installed here, and without them the reader falls back to Pillow.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+
+    def decode(buffers: list[bytearray]) -> list[np.ndarray]:
+        tensors = [torch.frombuffer(buffer, dtype=torch.uint8) for buffer in buffers]
+        return [image.numpy() for image in decode_jpeg(tensors, mode=ImageReadMode.RGB)]
+
+    return decode
 
 
 def store_bytes(directory: str | os.PathLike) -> int:
