@@ -392,6 +392,35 @@ def find_pool(root: str | os.PathLike = ".") -> Path | None:
     return cache / "imgclf-decoded"
 
 
+def seed_pool(root: str | os.PathLike, pool: Path, output: str = "data/decoded") -> int:
+    """Link the shards of the store recorded in `root`/dvc.lock from DVC's cache into the pool; returns how many.
+
+    For a workspace whose pool lacks them (a fresh clone after `dvc pull`, a pool removed by hand):
+    DVC deletes `output` before the decode stage runs, but its cache still holds the last store. Reads
+    dvc.lock's md5 of `output` and that directory's manifest in the cache (files/md5/xx/rest.dir, DVC 3's
+    layout); anything unexpected only means fewer shards to reuse.
+    """
+    import yaml
+
+    cache = pool.parent
+    try:
+        lock = yaml.safe_load((Path(root) / "dvc.lock").read_text(encoding="utf-8"))
+        outs = lock["stages"]["decode"]["outs"]
+        digest = next(out["md5"] for out in outs if out["path"] == output)
+        manifest = json.loads((cache / "files/md5" / digest[:2] / digest[2:]).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, StopIteration, yaml.YAMLError):
+        return 0
+    linked = 0
+    for entry in manifest if isinstance(manifest, list) else []:
+        relpath, md5 = entry.get("relpath", ""), entry.get("md5", "")
+        if relpath.startswith("shards/") and len(md5) == 32 and not (pool / relpath[7:]).exists():
+            source = cache / "files/md5" / md5[:2] / md5[2:]
+            if source.is_file():
+                _link(source, pool / relpath[7:], required=False)
+                linked += 1
+    return linked
+
+
 def free_bytes(directory: Path) -> int:
     """Free bytes for an unprivileged writer on the file system that holds `directory` (or its nearest parent)."""
     probe = directory

@@ -6,7 +6,7 @@ import os
 from imgclf.config import load_section
 from imgclf.decode import DecodeConfig, decode_split
 from imgclf.errors import stage_main
-from imgclf.store import find_pool
+from imgclf.store import find_pool, seed_pool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +23,13 @@ def main() -> None:
     """Parse paths, load params.yaml's `decode` section, decode the new train and val images on all cores."""
     args = build_parser().parse_args()
     cfg = load_section(args.params, "decode", DecodeConfig)
-    # Earlier shards are found beside DVC's cache (DVC deletes the output before the stage runs).
-    counts = decode_split(args.split, args.out, cfg, pool=find_pool(os.environ.get("DVC_ROOT", ".")))
+    # Earlier shards are found in a pool beside DVC's cache (DVC deletes the output before the stage runs);
+    # the store of the last dvc.lock is linked in from the cache first (a fresh clone has no pool yet).
+    root = os.environ.get("DVC_ROOT", ".")
+    pool = find_pool(root)
+    if pool is not None and args.out == "data/decoded":
+        seed_pool(root, pool)
+    counts = decode_split(args.split, args.out, cfg, pool=pool)
     storage = f"jpeg q{cfg.quality}" if cfg.storage == "jpeg" else "raw"
     print(f"decode: {counts['decoded']} new images decoded, {counts['reused']} reused, {counts['copied']} moved; "
           f"{counts['train']} train and {counts['val']} val images at {cfg.image_size} px ({cfg.resize}, {storage}) "

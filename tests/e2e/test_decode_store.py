@@ -1,5 +1,6 @@
 """The decode store through the real `dvc`: only new images are decoded (also in a queued experiment), old shards
-keep their file (one inode: workspace, DVC's cache and the pool), and `dvc status` stays exact."""
+keep their file (one inode: workspace, DVC's cache and the pool), a lost pool is refilled from DVC's cache, and
+`dvc status` stays exact."""
 
 import json
 import re
@@ -85,7 +86,9 @@ def test_adding_images_decodes_only_them_through_dvc_and_a_queued_experiment(tmp
     decoded, reused = decode_summary(logs)
     assert decoded <= 6 and reused == present
 
-    # Removing images decodes nothing.
+    # Removing images decodes nothing, even without the pool (a fresh clone after `dvc pull` has none): the
+    # stage links the last dvc.lock's shards in from DVC's cache.
+    shutil.rmtree(repo / ".dvc/cache/imgclf-decoded")
     sh(["git", "checkout", "data/raw.dvc"], repo)
     sh([DVC, "checkout", "data/raw"], repo)
     for label in ("cat", "dog", "owl"):

@@ -2,6 +2,7 @@
 old shards never rewritten; clear errors; a full disk leaves the previous store whole."""
 
 import errno
+import os
 import json
 import subprocess
 import sys
@@ -229,3 +230,30 @@ def test_prepared_store_counts(prepared):
     assert meta["image_size"] == 16 and set(meta["splits"]) == {"train", "val"}
     assert {name: info["count"] for name, info in meta["splits"].items()} == {
         name: len((prepared / f"split/{name}.csv").read_text().splitlines()) - 1 for name in ("train", "val")}
+
+
+def test_the_pool_brings_back_shards_after_the_output_is_deleted_and_lets_go_of_unused_ones(tmp_path):
+    """DVC deletes data/decoded before the stage runs: the pool (beside DVC's cache) still has every shard."""
+    import shutil
+
+    paths = images(tmp_path / "img", 0, 12)
+    out, pool = tmp_path / "decoded", tmp_path / "cache/imgclf-decoded"
+    decode_split(write_split(tmp_path, paths[:8], paths[8:10]), out, RAW, workers=1, pool=pool)
+    shard = next((out / "shards").glob("*.bin"))
+    assert (pool / shard.name).stat().st_ino == shard.stat().st_ino  # a second name, not a copy
+    shutil.rmtree(out)  # what DVC does before it runs the stage
+    again = decode_split(write_split(tmp_path, paths[:10], paths[10:]), out, RAW, workers=1, pool=pool)
+    assert (again["decoded"], again["reused"]) == (2, 10)
+    assert (out / "shards" / shard.name).stat().st_ino == shard.stat().st_ino
+
+    # A shard no split uses any more leaves the pool once the pool holds its last link (after `dvc gc`);
+    # while DVC's cache still links it (an earlier data version), it stays, costing nothing.
+    keep = tmp_path / "cache/files/object"
+    keep.parent.mkdir(parents=True)
+    os.link(pool / shard.name, keep)
+    other = DecodeConfig(12, "squash", "raw", 90)
+    decode_split(write_split(tmp_path, paths[:2], paths[2:4]), out, other, workers=1, pool=pool)
+    assert (pool / shard.name).exists()
+    keep.unlink()
+    decode_split(write_split(tmp_path, paths[:2], paths[2:4]), out, other, workers=1, pool=pool)
+    assert not (pool / shard.name).exists() and not (out / "shards" / shard.name).exists()
