@@ -558,13 +558,13 @@ def _torchvision_decoder():
 
     try:
         import torch
-        with warnings.catch_warnings():
-            # torchvision 0.29 announces that its image codecs move to TorchCodec; until they go, they are the
-            # fastest decoder installed here, and without them the reader falls back to Pillow.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         return None
+    # torchvision 0.29 announces (on every call) that its image codecs move to TorchCodec; until they go they
+    # are the fastest decoder installed here, and without them the reader falls back to Pillow.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
 
     def decode(buffers: list[bytearray]) -> list[np.ndarray]:
         tensors = [torch.frombuffer(buffer, dtype=torch.uint8) for buffer in buffers]
