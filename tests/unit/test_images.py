@@ -1,5 +1,7 @@
 """Decoding to RGB and the shared transforms: every mode gives the same 3-channel tensors."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,17 @@ def test_resize_is_within_one_level_of_torchvisions_antialiased_resize(tmp_path)
     assert (ours - theirs).abs().max() <= 1
 
 
-def real_jpeg(tmp_path, width: int, height: int, index: int = 0):
-    """A real photo (scikit-learn's sample images ship with it) cut to width x height, saved as a q85 JPEG."""
+@functools.cache
+def sample_photos() -> tuple:
+    """scikit-learn's two sample photos (shipped with it), read once."""
     from sklearn.datasets import load_sample_images
 
-    photo = Image.fromarray(load_sample_images().images[index % 2])
+    return tuple(load_sample_images().images)
+
+
+def real_jpeg(tmp_path, width: int, height: int, index: int = 0):
+    """A real photo (scikit-learn's sample images ship with it) cut to width x height, saved as a q85 JPEG."""
+    photo = Image.fromarray(sample_photos()[index % 2])
     scale = max(width / photo.width, height / photo.height)
     photo = photo.resize((max(width, round(photo.width * scale)), max(height, round(photo.height * scale))))
     path = tmp_path / f"photo_{width}x{height}.jpg"
