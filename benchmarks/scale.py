@@ -185,7 +185,8 @@ def bench_size(table: Table, work: Path, bases: list[bytes], n: int, full: bool,
     classes = classes_for(n)
     write_images(raw, bases, 0, n, classes)
     seconds, _ = run(project, "add", "data/raw")
-    table.add("scale", f"{label}: data/raw ; `dvc add data/raw`", f"{folder_bytes(raw) / 2**20:8.0f} MiB ; {seconds:.1f} s")
+    table.add("scale", f"{label}: data/raw ; `dvc add data/raw`",
+              f"{folder_bytes(raw) / 2**20:8.0f} MiB ; {seconds:.1f} s")
     stages = ("split", "decode") if full else ("split",)
     for stage in stages:
         seconds, out = run(project, "repro", "-s", stage)

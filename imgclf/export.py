@@ -62,7 +62,8 @@ def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opse
     size = meta["image_size"]
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)  # batch 2: the batch stays dynamic
     metadata = {"format": METADATA_FORMAT, "arch": meta["arch"], "classes": json.dumps(meta["classes"]),
-                **{key: str(value) for key, value in Geometry.of(meta).metadata().items()}, "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                **{key: str(value) for key, value in Geometry.of(meta).metadata().items()},
+                "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
                 "temperature": repr(meta["temperature"])}
     with atomic_path(onnx_path) as tmp:
         try:

@@ -39,7 +39,7 @@ class PredictConfig:
 
 @dataclass
 class Classifier:
-    """What predict needs of a model: its classes, its images' geometry, and calibrated probabilities of a uint8 batch."""
+    """What predict needs of a model: its classes, its images' geometry, calibrated probabilities of a uint8 batch."""
 
     classes: list[str]
     geometry: Geometry

@@ -9,11 +9,12 @@ Layout of a store folder (the decode stage's DVC output):
 
 A shard is never modified once written: adding images writes a new shard beside the old ones, so
 DVC (a directory output is cached file by file) finds the old shards unchanged and stores nothing
-new for them; with `cache.type` hardlink or reflink the workspace copy is the cache's copy. Entries
+new for them; with `cache.type: hardlink` the workspace file is the cache's file. Entries
 are looked up by the source file's content hash, so a renamed, moved or re-added image is found
 again. Every shard also has a hard link in a pool beside DVC's cache (`find_pool`), where the next
-run finds it after DVC has deleted the stage's output. A shard whose live entries fall below half is rewritten (bytes copied, not decoded again);
-a shard with none left is deleted. meta.json is written last: until then the previous store is whole.
+run finds it after DVC has deleted the stage's output. A shard whose live entries fall below half is
+rewritten (bytes copied, not decoded again); a shard with none left is deleted. meta.json is written
+last: until then the previous store is whole. Mechanism and measurements: docs/data.md.
 """
 
 from __future__ import annotations
