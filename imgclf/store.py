@@ -185,7 +185,8 @@ class ShardWriter:
                 raise OutOfSpace(str(err)) from None
             raise
         # The keys file first, then the data under its final name: a .bin is never without its keys.
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the shard is an ordinary output
+        for path in (tmp, self.directory / f"{name}.keys.npy"):
+            os.chmod(path, 0o644)  # mkstemp makes 0600; shards are ordinary outputs
         os.replace(tmp, self.directory / f"{name}.bin")
         for key, offset, length in self._pending:
             self.written[key] = (name, offset, length)
