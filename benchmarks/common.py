@@ -195,5 +195,5 @@ def prepare_demo(work: Path, **demo_changes) -> tuple[list[str], list[int]]:
     write_demo(demo, work / "raw", work / "predict")
     result = split_image_folder(work / "raw", split.val, split.test, split.seed)
     write_split(work / "split", result.parts, result.classes)
-    decode_split(work / "split", work / "decoded", load_section(params, "decode", DecodeConfig).image_size)
+    decode_split(work / "split", work / "decoded", load_section(params, "decode", DecodeConfig))
     return result.classes, count_labels([label for _, label in result.parts["train"]], result.classes)

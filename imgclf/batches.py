@@ -1,6 +1,7 @@
 """Where batches come from: image files (evaluate) or the decode stage's arrays (train); predict has its own.
 
-All of them yield uint8 images at the model's resolution, prepared by images.load_resized;
+All of them yield uint8 images at the model's input side, prepared by one images.Geometry (the
+store holds its first step, resized to the stored side; a batch is centre-cropped from it);
 transforms.ModelInput turns a batch into model input on the device.
 """
 
@@ -11,32 +12,35 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from imgclf.images import load_resized
+from imgclf.images import Geometry
 
 
 class ImageListDataset(torch.utils.data.Dataset):
-    """Images from a list of paths with integer targets, as uint8 3 x S x S tensors."""
+    """Images from a list of paths with integer targets, as uint8 3 x I x I tensors prepared by `geometry`."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], image_size: int):
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], geometry: Geometry):
         self.paths = list(paths)
         self.targets = list(targets)
-        self.image_size = image_size
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return torch.from_numpy(load_resized(self.paths[index], self.image_size)), self.targets[index]
+        return torch.from_numpy(self.geometry.load(self.paths[index])), self.targets[index]
 
 
 class DecodedBatches:
-    """(uint8 images, targets) batches gathered from a decoded N x 3 x S x S array, one copy per batch.
+    """(uint8 images, targets) batches gathered from decoded images, one copy per batch.
+
+    `images` is anything that gives len() and images[index array] -> uint8 n x 3 x I x I: the
+    store's StoredSplit (imgclf/store.py) or an in-memory array.
 
     The index lists come from a torch BatchSampler, so that a WeightedRandomSampler or a shuffle
     draws exactly as it would inside a DataLoader; what goes is the per-image fetch and collate.
     """
 
-    def __init__(self, images: np.ndarray, targets: Sequence[int], batch_sampler: Iterable[list[int]],
+    def __init__(self, images, targets: Sequence[int], batch_sampler: Iterable[list[int]],
                  pin_memory: bool = False):
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -57,7 +61,7 @@ class DecodedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for indices in self.batch_sampler:
             index = np.asarray(indices, dtype=np.int64)
-            # Fancy indexing copies the rows out of the memory map into one contiguous batch.
+            # One contiguous batch: rows copied out of the store's memory maps (or decoded, for jpeg storage).
             images = torch.from_numpy(self.images[index])
             targets = self.targets[index]
             if self.pin_memory:  # page-locked memory lets the copy to the GPU run asynchronously

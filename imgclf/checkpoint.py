@@ -12,6 +12,7 @@ from torch import nn
 from imgclf.artifacts import atomic_open
 from imgclf.calibration import calibrated_probabilities
 from imgclf.errors import DataError
+from imgclf.images import Geometry
 from imgclf.inference import evaluation_precision, select_device
 from imgclf.model import build_model
 from imgclf.transforms import ModelInput, memory_format
@@ -22,7 +23,11 @@ METADATA_KEYS = ("arch", "classes", "image_size", "mean", "std", "dropout", "par
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> None:
-    """Write model.pt atomically: {format, state_dict, arch, classes, image_size, mean, std, ...}."""
+    """Write model.pt atomically: {format, state_dict, arch, classes, image_size, mean, std, ...}.
+
+    image_size is the model's input side; stored_size and resize (optional: files written before
+    them mean squash at image_size) complete its images' geometry, images.Geometry.
+    """
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {missing}")
@@ -32,8 +37,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) 
 
 
 def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32") \
-        -> tuple[list[str], int, Callable[[np.ndarray], np.ndarray]]:
-    """model.pt as predict uses it: (classes, image size, calibrated probabilities of a uint8 N x 3 x S x S batch).
+        -> tuple[list[str], Geometry, Callable[[np.ndarray], np.ndarray]]:
+    """model.pt as predict uses it: (classes, its images' geometry, calibrated probabilities of a uint8 batch).
 
     float32 unless `precision` opts in to bf16/fp16 (inference.evaluation_precision).
     """
@@ -46,7 +51,7 @@ def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: 
             logits = model(prepare(torch.from_numpy(images)))
         return calibrated_probabilities(logits, meta["temperature"]).cpu().numpy()
 
-    return meta["classes"], meta["image_size"], probabilities
+    return meta["classes"], Geometry.of(meta), probabilities
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

@@ -1,51 +1,60 @@
-"""The decode stage's logic: every train and val image decoded once, at training resolution, into uint8 arrays.
+"""The decode stage's logic: every train and val image decoded once per (content, params), into the store.
 
-Training then reads pixels from these arrays every epoch and every experiment instead of decoding
-and resizing files again (the classic loop's bottleneck). Each split is one `.npy` file of shape
-N x 3 x S x S, opened memory-mapped, so that a set larger than RAM still works.
+The store (`imgclf/store.py`) keeps each image once, in immutable shards looked up by the SHA-256
+of the file's bytes: adding or removing images decodes only the new ones and leaves every old shard
+unchanged, so DVC caches nothing new for them. Training reads batches from it every epoch and
+every experiment instead of decoding and resizing the files again (the classic loop's bottleneck).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from imgclf.artifacts import atomic_path, write_json
+from imgclf.artifacts import atomic_path
 from imgclf.config import param
 from imgclf.errors import DataError, ignore_interrupts
-from imgclf.images import describe_error, load_resized_or_error
+from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
+from imgclf.store import (OutOfSpace, Store, StoredSplit, StoreParams, encode, file_key, free_bytes,
+                          no_partial_shard, paths_digest, read_meta, space_message, store_bytes)
 
-FORMAT = "imgclf.decoded/1"
 SPLITS = ("train", "val")
+# Room left free beyond the estimate: the file system's own metadata and DVC's bookkeeping need some too.
+SPACE_MARGIN = 1.1
+
+__all__ = ["DecodeConfig", "decode_split", "decode_images", "open_decoded", "read_meta", "paths_digest"]
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Params of the `decode` stage: the resolution the train and val images are decoded at, once."""
+    """Params of the `decode` stage: the side, geometry and storage of the train and val images, decoded once."""
 
-    image_size: int = param("side in pixels that images are resized to (for training and inference)",
-                           ge=8, le=1024)
+    image_size: int = param("side in pixels of the stored images (train.input_size crops from it)", ge=8, le=1024)
+    resize: Literal["crop", "squash"] = param(
+        "crop: shorter side to image_size, then the centre square (torchvision's Resize + CenterCrop); "
+        "squash: both sides to image_size (the aspect ratio is lost)")
+    storage: Literal["raw", "jpeg"] = param(
+        "raw: uint8 pixels (fastest to read, 3 x S x S bytes each); jpeg: re-encoded at the stored size "
+        "(~7x smaller at 224 px, lossy, decoded again by every epoch)")
+    quality: int = param("JPEG quality of storage: jpeg (ignored by raw)", ge=50, le=100)
 
-
-def paths_digest(paths: Sequence[str]) -> str:
-    """SHA-256 of the newline-joined path list: ties an array to the split CSV it was decoded from."""
-    return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
+    def store_params(self) -> StoreParams:
+        """The params an entry's pixels depend on (quality only matters to jpeg)."""
+        return StoreParams(self.image_size, self.resize, self.storage, self.quality if self.storage == "jpeg" else 0)
 
 
 def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.PathLike,
-                  workers: int | None = None, desc: str = "decode") -> None:
+                  workers: int | None = None, desc: str = "decode", resize: str = "squash") -> None:
     """Decode `paths` in parallel processes into one N x 3 x S x S uint8 .npy file, written atomically."""
     workers = workers or os.cpu_count() or 1
-    tasks = [(p, image_size) for p in paths]
+    tasks = [(p, image_size, resize) for p in paths]
     parallel = workers > 1 and len(paths) >= 64
     with atomic_path(out_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
@@ -67,48 +76,96 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
         del array
 
 
-def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image_size: int,
-                 workers: int | None = None) -> dict[str, int]:
-    """Decode the train and val CSVs of `split_dir` into `out_dir`/{train,val}.npy plus meta.json."""
+def _pool(workers: int, count: int):
+    """A pool of `workers` forked processes when it pays (several cores, 64+ files), else None (run in-process)."""
+    if workers > 1 and count >= 64:
+        return multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts)
+    return None
+
+
+def _file_keys(paths: Sequence[str], workers: int) -> dict[str, bytes]:
+    """{path: SHA-256 of its bytes} for every path, read on all cores; an unreadable file is a DataError."""
+    pool = _pool(workers, len(paths))
+    try:
+        results = pool.imap(file_key, paths, chunksize=64) if pool else map(file_key, paths)
+        keys = {}
+        for path, (key, problem) in zip(paths, tqdm(results, total=len(paths), desc="hash", unit="img",
+                                                  mininterval=1.0, leave=False)):
+            if key is None:
+                raise DataError(f"{path}: cannot read ({problem}); it was there when the split stage ran, "
+                                f"so it changed since: run `dvc repro` again")
+            keys[path] = key
+        return keys
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def _encoded(task: tuple[str, StoreParams]) -> tuple[bytes | None, str]:
+    """Worker task: a file decoded at the store's geometry and encoded for storage, or (None, why)."""
+    path, params = task
+    pixels, problem = load_resized_or_error((path, params.image_size, params.resize))
+    return (encode(pixels, params), "") if pixels is not None else (None, problem)
+
+
+def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image_size: int | DecodeConfig,
+                 workers: int | None = None, say=print, pool: str | os.PathLike | None = None) -> dict[str, int]:
+    """Bring the store `out_dir` up to date with the train and val CSVs of `split_dir`, decoding only new images.
+
+    `image_size` is the stage's DecodeConfig (or just a side: crop, raw); `pool` the folder of earlier
+    shards (store.find_pool: beside DVC's cache), if any. Returns counts: train, val,
+    decoded (images decoded now), reused, copied (moved out of sparse shards), bytes (the store's size).
+    """
+    cfg = image_size if isinstance(image_size, DecodeConfig) else DecodeConfig(image_size, "crop", "raw", 90)
     split_dir, out_dir = Path(split_dir), Path(out_dir)
-    meta = {"format": FORMAT, "image_size": image_size, "splits": {}}
-    # Both CSVs are read before any output is written.
+    workers = workers or os.cpu_count() or 1
+    # Both CSVs are read before anything is written.
     splits = {name: read_split_paths(split_dir / f"{name}.csv")["path"].tolist() for name in SPLITS}
-    for name, paths in splits.items():
-        decode_images(paths, image_size, out_dir / f"{name}.npy", workers, desc=f"decode {name}")
-        meta["splits"][name] = {"count": len(paths), "paths_sha256": paths_digest(paths)}
-    write_json(out_dir / "meta.json", meta)
-    return {name: info["count"] for name, info in meta["splits"].items()}
-
-
-def read_meta(decoded_dir: str | os.PathLike) -> dict:
-    """Read and check meta.json of a decoded folder."""
-    path = Path(decoded_dir) / "meta.json"
+    store = Store(out_dir, cfg.store_params(), pool)
+    if store.notice():
+        say(store.notice())
+    unique = list(dict.fromkeys(p for paths in splits.values() for p in paths))
+    keys = _file_keys(unique, workers)
+    # One entry per distinct content: byte-identical files share it.
+    first_path = {}
+    for path in unique:
+        first_path.setdefault(keys[path], path)
+    missing, copies = store.plan(first_path)
+    needed = len(missing) * store.mean_entry_bytes() + sum(store.catalog[k][2] for k in copies)
+    free = free_bytes(out_dir)
+    if needed * SPACE_MARGIN > free:
+        raise DataError(space_message(out_dir, needed * SPACE_MARGIN, free, len(missing)))
+    writer = store.writer()
+    pool = _pool(workers, len(missing))
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (run the decode stage first)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path}: not a decoded-images index of format {FORMAT}")
-    return meta
+        with no_partial_shard(writer):
+            for key in copies:  # live entries of mostly-dead shards: copied, never decoded again
+                writer.add(key, store.read_entry(key))
+            tasks = [(first_path[k], store.params) for k in missing]
+            results = pool.imap(_encoded, tasks, chunksize=16) if pool else map(_encoded, tasks)
+            for key, (data, problem) in zip(missing, tqdm(results, total=len(missing), desc="decode", unit="img",
+                                                          mininterval=1.0)):
+                if data is None:
+                    raise DataError(f"{first_path[key]}: cannot decode ({problem}); it was valid when the split "
+                                    f"stage ran, so the file changed since: run `dvc repro` again")
+                writer.add(key, data)
+            writer.close_shard()
+            meta = store.commit(writer, {name: (paths, [keys[p] for p in paths], paths_digest(paths))
+                                         for name, paths in splits.items()})
+    except OutOfSpace:
+        # What the whole run needs, from the entries written before the disk filled, less what stays on disk.
+        per_entry = writer.bytes_written / max(writer.entries, 1)
+        still = max(per_entry * (len(missing) + len(copies)), needed) - writer.closed_bytes
+        raise DataError(space_message(out_dir, still * SPACE_MARGIN, free_bytes(out_dir), len(missing))) from None
+    finally:
+        if pool:
+            pool.terminate()
+    return {"train": meta["splits"]["train"]["count"], "val": meta["splits"]["val"]["count"],
+            "decoded": len(missing), "reused": len(first_path) - len(missing), "copied": len(copies),
+            "bytes": store_bytes(out_dir)}
 
 
-def open_decoded(decoded_dir: str | os.PathLike, split: str, paths: Sequence[str]) -> np.ndarray:
-    """The uint8 N x 3 x S x S array of `split`, memory-mapped; it must match the split's `paths`."""
-    meta = read_meta(decoded_dir)
-    info = meta["splits"].get(split, {})
-    if info.get("paths_sha256") != paths_digest(list(paths)):
-        raise DataError(f"{Path(decoded_dir) / (split + '.npy')}: decoded from another {split} split "
-                        f"than the current one; run `dvc repro` (the decode stage) again")
-    path = Path(decoded_dir) / f"{split}.npy"
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read decoded images ({describe_error(err)})") from None
-    size = meta["image_size"]
-    if array.dtype != np.uint8 or array.shape != (len(paths), 3, size, size):
-        raise DataError(f"{path}: expected uint8 array of shape {(len(paths), 3, size, size)}, "
-                        f"got {array.dtype} {array.shape}")
-    return array
+def open_decoded(decoded_dir: str | os.PathLike, split: str, paths: Sequence[str],
+                 input_size: int | None = None) -> StoredSplit:
+    """The decoded images of `split` (rows in the order of `paths`, which must be the split's), as train reads them."""
+    return StoredSplit(decoded_dir, split, paths_digest(list(paths)), input_size)

@@ -15,6 +15,7 @@ from imgclf.calibration import calibrated_probabilities, expected_calibration_er
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import Device, param
 from imgclf.errors import DataError
+from imgclf.images import Geometry
 from imgclf.inference import loader_options, predict_logits, select_device
 from imgclf.metrics import classification_metrics, report_text
 from imgclf.split_files import read_classes, read_split
@@ -53,7 +54,7 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
                         f"retrain the model")
     frame = read_split(test_csv, classes)
     # The test images are decoded from their files, exactly as predict decodes new images.
-    dataset = ImageListDataset(frame["path"], frame["target"], meta["image_size"])
+    dataset = ImageListDataset(frame["path"], frame["target"], Geometry.of(meta))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
     prepare = ModelInput(meta["mean"], meta["std"], device)

@@ -1,8 +1,9 @@
 """The export stage's logic: model.pt -> model.onnx (torch.onnx, dynamo exporter), checked for parity on the test split.
 
-The exported graph takes what `images.load_resized` gives (uint8 N x 3 x S x S) and returns logits:
+The exported graph takes what `images.Geometry.load` gives (uint8 N x 3 x I x I) and returns logits:
 the normalisation is inside it, so a runtime without torch needs only the shared decoding. The class
-names, image size, normalisation and calibration temperature travel in the file's metadata.
+names, the geometry (input and stored side, resize), normalisation and calibration temperature travel
+in the file's metadata.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from imgclf.artifacts import atomic_path
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import param
 from imgclf.errors import DataError
-from imgclf.images import load_resized
+from imgclf.images import Geometry
 from imgclf.onnx_model import METADATA_FORMAT, OnnxClassifier, softmax
 from imgclf.transforms import ModelInput
 
@@ -61,7 +62,8 @@ def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opse
     size = meta["image_size"]
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)  # batch 2: the batch stays dynamic
     metadata = {"format": METADATA_FORMAT, "arch": meta["arch"], "classes": json.dumps(meta["classes"]),
-                "image_size": str(size), "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                **{key: str(value) for key, value in Geometry.of(meta).metadata().items()},
+                "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
                 "temperature": repr(meta["temperature"])}
     with atomic_path(onnx_path) as tmp:
         try:
@@ -90,10 +92,11 @@ def parity(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, paths: Se
     exported wrapper, so a normalisation that drifted from ModelInput's would fail here too.
     """
     prepare = ModelInput(meta["mean"], meta["std"], torch.device("cpu"))
+    geometry = Geometry.of(meta)
     session = OnnxClassifier(onnx_path)
     worst_logit, worst_prob, mismatches, outside = 0.0, 0.0, 0, 0
     for start in range(0, len(paths), cfg.batch_size):
-        batch = np.stack([load_resized(p, meta["image_size"]) for p in paths[start:start + cfg.batch_size]])
+        batch = np.stack([geometry.load(p) for p in paths[start:start + cfg.batch_size]])
         with torch.no_grad():
             expected = model.eval()(prepare(torch.from_numpy(batch))).numpy()
         got = session.logits(batch)

@@ -1,17 +1,19 @@
 """Image files to pixels, defined once for split, decode, evaluate and predict (no torch: Pillow and NumPy).
 
 Every image takes one path into a model: `load_image` (any file -> 8-bit RGB, EXIF orientation
-applied), then `load_resized` (-> uint8 3 x S x S array at the model's resolution). The decode
-stage stores `load_resized`'s output for training; evaluate and predict (PyTorch or ONNX Runtime)
-call the same function on their files, so a model always sees its images prepared one way.
+applied), then `load_resized` (-> uint8 3 x S x S array at the stored resolution, by the `crop` or
+`squash` geometry), then `center_crop` to the model's input side. The decode stage stores
+`load_resized`'s output for training; evaluate, export and predict (PyTorch or ONNX Runtime) call
+`Geometry.load` on their files, the same two steps, so a model always sees its images prepared one way.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -89,24 +91,105 @@ def check_decodes(source: str | os.PathLike | IO[bytes]) -> None:
             img.getexif()
 
 
-def load_resized(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """Decode an image file to a uint8 RGB array of 3 x image_size x image_size (channels first)."""
-    # JPEG can decode at 1/2, 1/4 or 1/8 scale inside the decoder (DCT scaling): a 1024x768 photo
-    # wanted at 64 px decodes as 128x96, and the resize below starts from a smaller image. The draft
-    # never goes below the requested size.
-    image = load_image(path, draft_size=image_size)
-    if image.size != (image_size, image_size):
-        # Pillow's bilinear filter widens with the downscale factor (antialiased), as torchvision's
-        # resize(antialias=True) does; the two differ by at most one level per pixel.
-        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+RESIZE_MODES = ("crop", "squash")
+
+
+def resized_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
+    """(width, height) after the first step of `resize`: crop scales the shorter side to `size`, squash
+    makes both sides `size`.
+
+    crop is torchvision's `Resize(size)` with an int size: the longer side is int(size * long / short)
+    (truncated, as torchvision's `_compute_resized_output_size`).
+    """
+    if resize == "squash":
+        return size, size
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_offset(length: int, size: int) -> int:
+    """Where a centred crop of `size` starts in `length`: torchvision's CenterCrop rounding, int(round(d / 2))."""
+    return int(round((length - size) / 2.0))
+
+
+def load_resized(path: str | os.PathLike, image_size: int, resize: str = "squash") -> np.ndarray:
+    """Decode an image file to a uint8 RGB array of 3 x image_size x image_size (channels first).
+
+    crop: the shorter side scaled to image_size, then the centre image_size x image_size, which is
+    torchvision's `Resize(image_size)` + `CenterCrop(image_size)` on the decoded image (its eval
+    geometry; tests/unit/test_images.py checks it on JPEGs of several aspect ratios). squash: both
+    sides scaled to image_size, the pipeline's first geometry, kept bit for bit for models trained with it.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    # squash only: JPEG may decode at 1/2, 1/4 or 1/8 scale inside the decoder (DCT scaling), never
+    # below the requested size. It moves pixels by up to ~10 grey levels against a full decode, so
+    # crop, which promises torchvision's pixels, always decodes fully (docs/data.md).
+    image = load_image(path, draft_size=image_size if resize == "squash" else None)
+    target = resized_size(*image.size, image_size, resize)
+    if image.size != target:
+        # Pillow's bilinear filter widens with the downscale factor (antialiased): torchvision's
+        # Resize on a PIL image calls exactly this; on a tensor (antialias=True) it is within one level.
+        image = image.resize(target, Image.Resampling.BILINEAR)
+    if target != (image_size, image_size):
+        left, top = crop_offset(target[0], image_size), crop_offset(target[1], image_size)
+        image = image.crop((left, top, left + image_size, top + image_size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def load_resized_or_error(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
-    """(load_resized(path, size), "") or (None, why it failed in one line): a worker task of decode and predict."""
-    path, image_size = task
+def center_crop(images: Any, size: int) -> Any:
+    """The centred size x size window of a (..., S, S) array or tensor (a view: no copy); itself when S == size."""
+    height, width = images.shape[-2:]
+    if (height, width) == (size, size):
+        return images
+    top, left = crop_offset(height, size), crop_offset(width, size)
+    return images[..., top:top + size, left:left + size]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image file becomes model input: resized to `stored_size` by `resize`, then centre-cropped
+    to `input_size`.
+
+    One definition for every stage: the decode stage stores the first step, train crops its batches
+    with `center_crop`, and evaluate, export and predict call `load` on files.
+    """
+
+    stored_size: int
+    input_size: int
+    resize: str = "squash"
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """uint8 3 x input_size x input_size model input of an image file."""
+        return np.ascontiguousarray(center_crop(load_resized(path, self.stored_size, self.resize), self.input_size))
+
+    def metadata(self) -> dict[str, Any]:
+        """The keys a model file carries: image_size (its input side), stored_size and resize."""
+        return {"image_size": self.input_size, "stored_size": self.stored_size, "resize": self.resize}
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> "Geometry":
+        """The geometry recorded in a model's metadata; files written before it had only image_size (squash)."""
+        input_size = int(metadata["image_size"])
+        return cls(stored_size=int(metadata.get("stored_size", input_size)), input_size=input_size,
+                   resize=str(metadata.get("resize", "squash")))
+
+
+def load_input_or_error(task: tuple[str, Geometry]) -> tuple[np.ndarray | None, str]:
+    """(geometry.load(path), "") or (None, why it failed in one line): a worker task of predict."""
+    path, geometry = task
     try:
-        return load_resized(path, image_size), ""
+        return geometry.load(path), ""
+    except Exception as err:  # reported by the caller, with the file's name
+        return None, describe_error(err)
+
+
+def load_resized_or_error(task: tuple[str, int, str]) -> tuple[np.ndarray | None, str]:
+    """(load_resized(path, size, resize), "") or (None, why it failed in one line): a worker task of decode."""
+    path, image_size, resize = task
+    try:
+        return load_resized(path, image_size, resize), ""
     except Exception as err:  # reported by the caller, with the file's name
         return None, describe_error(err)
 

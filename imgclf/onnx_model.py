@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from imgclf.errors import DataError
+from imgclf.images import Geometry
 
 METADATA_FORMAT = "imgclf.onnx/1"
 METADATA_KEYS = ("format", "arch", "classes", "image_size", "mean", "std", "temperature")
@@ -48,6 +49,8 @@ class OnnxClassifier:
         try:
             self.classes = json.loads(props["classes"])
             self.image_size = int(props["image_size"])
+            # stored_size and resize came with issue 18; an older file means squash at image_size.
+            self.geometry = Geometry.of(props)
             self.temperature = float(props["temperature"])
             self.mean, self.std = json.loads(props["mean"]), json.loads(props["std"])
         except (ValueError, TypeError) as err:

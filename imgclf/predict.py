@@ -2,7 +2,7 @@
 
 The model is `model.pt` (PyTorch) or `model.onnx` (ONNX Runtime, exported by the export stage): with
 an .onnx model torch is never imported, so predicting needs only requirements-predict.txt. Both
-read the images with `images.load_resized`, the function that prepared the training images.
+read the images with the model's `images.Geometry`, the definition that prepared the training images.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from imgclf.artifacts import atomic_open
 from imgclf.config import Device, load_section, param
 from imgclf.errors import ConfigError, DataError, ignore_interrupts, stage_main
-from imgclf.images import list_inputs, load_resized_or_error
+from imgclf.images import Geometry, list_inputs, load_input_or_error
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
 # dvc.yaml's dependency check sees them (tests/unit/test_dvc_yaml.py).
@@ -43,10 +43,10 @@ class PredictConfig:
 
 @dataclass
 class Classifier:
-    """What predict needs of a model: its classes, its image size, and calibrated probabilities of a uint8 batch."""
+    """What predict needs of a model: its classes, its images' geometry, calibrated probabilities of a uint8 batch."""
 
     classes: list[str]
-    image_size: int
+    geometry: Geometry
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
@@ -59,7 +59,7 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
         from imgclf.onnx_model import OnnxClassifier
 
         model = OnnxClassifier(model_path)
-        return Classifier(model.classes, model.image_size, model.probabilities)
+        return Classifier(model.classes, model.geometry, model.probabilities)
     try:
         import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
     except ImportError:
@@ -68,18 +68,19 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
                         f"(pip install -r requirements.txt)") from None
     from imgclf.checkpoint import checkpoint_classifier
 
-    classes, image_size, probabilities = checkpoint_classifier(model_path, device, precision)
-    return Classifier(classes, image_size, probabilities)
+    classes, geometry, probabilities = checkpoint_classifier(model_path, device, precision)
+    return Classifier(classes, geometry, probabilities)
 
 
-def image_batches(paths: Sequence[str], image_size: int, batch_size: int,
+def image_batches(paths: Sequence[str], geometry: Geometry, batch_size: int,
                   workers: int = 0) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """(uint8 N x 3 x S x S, errors) batches of `paths` in order; an unreadable file is a blank image and why ("" if
+    """(uint8 N x 3 x I x I, errors) batches of `paths` in order; an unreadable file is a blank image and why ("" if
     none)."""
-    tasks = [(path, image_size) for path in paths]
+    tasks = [(path, geometry) for path in paths]
+    image_size = geometry.input_size
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if workers else None
     try:
-        results = pool.imap(load_resized_or_error, tasks, chunksize=8) if pool else map(load_resized_or_error, tasks)
+        results = pool.imap(load_input_or_error, tasks, chunksize=8) if pool else map(load_input_or_error, tasks)
         batch: list[tuple[np.ndarray | None, str]] = []
         for item in results:
             batch.append(item)
@@ -114,7 +115,7 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathL
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "prediction", "confidence", *[f"prob_{c}" for c in classes], "status"])
         rows = iter(paths)
-        batches = image_batches(paths, model.image_size, cfg.batch_size, cfg.num_workers)
+        batches = image_batches(paths, model.geometry, cfg.batch_size, cfg.num_workers)
         for images, errors in tqdm(batches, total=-(-len(paths) // cfg.batch_size), desc="predict", unit="batch",
                                    mininterval=1.0):
             # Rows are written batch by batch: memory does not grow with the number of images.

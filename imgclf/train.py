@@ -25,7 +25,6 @@ from imgclf.batches import DecodedBatches
 from imgclf.calibration import calibrate
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import Device, param
-from imgclf.decode import open_decoded
 from imgclf.distributed import DistributedWeightedSampler, World, shard
 from imgclf.errors import ConfigError
 from imgclf.fit import FitResult, TrainingRun, all_logits, fit
@@ -33,6 +32,7 @@ from imgclf.inference import autocast_dtype, select_device
 from imgclf.model import build_model, set_backbone_trainable
 from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
+from imgclf.store import StoredSplit, paths_digest
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
 
@@ -40,6 +40,7 @@ from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_fo
 class TrainConfig:
     """Params of the `train` stage."""
 
+    input_size: int = param("model input side, centre-cropped from the stored images (0: decode.image_size)", ge=0)
     arch: str = param("any torchvision classification model name (resnet18, efficientnet_b0, ...)")
     pretrained: str = param("none | default (torchvision's weights) | path to a local weights file")
     batch_size: int = param("images per training step", ge=1)
@@ -122,6 +123,15 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
         return main, False
     warmup = sched.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs]), False
+
+
+def open_split(decoded_dir: str | os.PathLike, split: str, paths: Sequence[str], input_size: int) -> StoredSplit:
+    """A split of the decode stage's store, centre-cropped to `input_size` (0: the stored size), checked."""
+    images = StoredSplit(decoded_dir, split, paths_digest(list(paths)))
+    if input_size > images.stored_size:
+        raise ConfigError(f"train.input_size: {input_size} px is larger than the stored images "
+                          f"(decode.image_size {images.stored_size}); set it to at most that, or 0")
+    return images.cropped(input_size or images.stored_size)
 
 
 def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
@@ -233,12 +243,12 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     # Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
     generator = seed_everything(cfg.seed + world.rank)
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
-    train_images = open_decoded(decoded_dir, "train", train_frame["path"])  # N x 3 x S x S, checked
+    train_images = open_split(decoded_dir, "train", train_frame["path"], cfg.input_size)  # N x 3 x I x I, checked
     image_size = train_images.shape[-1]
     train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
                                        class_weights, generator, device, world, cfg.seed)
-    val_batches = make_val_batches(open_decoded(decoded_dir, "val", val_frame["path"]), val_frame["target"],
-                                   cfg.batch_size, device, world)
+    val_images = open_split(decoded_dir, "val", val_frame["path"], cfg.input_size)
+    val_batches = make_val_batches(val_images, val_frame["target"], cfg.batch_size, device, world)
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
 
     model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
@@ -304,6 +314,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     result.temperature = result.calibration.temperature
     if world.is_main:
         save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
+                        stored_size=train_images.stored_size, resize=train_images.params.resize,
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                         epochs_run=result.epochs_run, temperature=result.temperature)

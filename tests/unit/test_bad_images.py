@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from imgclf.batches import ImageListDataset
-from imgclf.decode import decode_images
+from imgclf.decode import DecodeConfig, decode_split, open_decoded
 from imgclf.errors import DataError
-from imgclf.images import load_image
+from imgclf.images import Geometry, load_image
 from imgclf.predict import image_batches
 from imgclf.split import image_problem, split_image_folder
 from imgclf.template import PARAMS
@@ -141,13 +141,18 @@ def test_every_mode_gives_the_same_rgb_tensor_in_train_evaluate_and_predict(tmp_
     path.write_bytes(data)
     assert image_problem(path) is None
     assert load_image(path).mode == "RGB"
-    evaluate_tensor, _ = ImageListDataset([str(path)], [0], 24)[0]
-    predict_batch, errors = next(image_batches([str(path)], 24, batch_size=4))  # predict: .pt and .onnx alike
-    predict_tensor, error = torch.from_numpy(predict_batch[0]), errors[0]
-    decode_images([str(path)], 24, tmp_path / "decoded.npy", workers=1)  # what train reads
-    train_tensor = torch.from_numpy(np.load(tmp_path / "decoded.npy")[0])
-    assert error == "" and evaluate_tensor.shape == (3, 24, 24) and evaluate_tensor.dtype == torch.uint8
-    assert torch.equal(evaluate_tensor, predict_tensor) and torch.equal(evaluate_tensor, train_tensor)
+    for resize in ("crop", "squash"):
+        geometry = Geometry(24, 24, resize)
+        evaluate_tensor, _ = ImageListDataset([str(path)], [0], geometry)[0]
+        predict_batch, errors = next(image_batches([str(path)], geometry, batch_size=4))  # .pt and .onnx alike
+        predict_tensor, error = torch.from_numpy(predict_batch[0]), errors[0]
+        (tmp_path / "split").mkdir(exist_ok=True)
+        (tmp_path / "split/train.csv").write_text(f"path,label\n{path},a\n")
+        (tmp_path / "split/val.csv").write_text("path,label\n")
+        decode_split(tmp_path / "split", tmp_path / resize, DecodeConfig(24, resize, "raw", 90), workers=1)
+        train_tensor = torch.from_numpy(open_decoded(tmp_path / resize, "train", [str(path)])[[0]][0])  # train reads
+        assert error == "" and evaluate_tensor.shape == (3, 24, 24) and evaluate_tensor.dtype == torch.uint8
+        assert torch.equal(evaluate_tensor, predict_tensor) and torch.equal(evaluate_tensor, train_tensor)
 
 
 def test_16bit_grey_is_scaled_not_clipped(tmp_path):
@@ -170,8 +175,10 @@ def test_exif_orientation_same_in_train_and_predict(tmp_path):
     exif[0x0112] = 8  # rotate 270 on display
     (tmp_path / "o.jpg").write_bytes(encoded(photo((60, 20)), "JPEG", exif=exif))
     assert load_image(tmp_path / "o.jpg").size == (20, 60)
-    predict_batch, _ = next(image_batches([str(tmp_path / "o.jpg")], 16, batch_size=1))
-    assert torch.equal(ImageListDataset([str(tmp_path / "o.jpg")], [0], 16)[0][0], torch.from_numpy(predict_batch[0]))
+    geometry = Geometry(16, 16, "crop")
+    predict_batch, _ = next(image_batches([str(tmp_path / "o.jpg")], geometry, batch_size=1))
+    assert torch.equal(ImageListDataset([str(tmp_path / "o.jpg")], [0], geometry)[0][0],
+                       torch.from_numpy(predict_batch[0]))
 
 
 def test_animated_gif_uses_first_frame(tmp_path):

@@ -1,5 +1,7 @@
 """Decoding to RGB and the shared transforms: every mode gives the same 3-channel tensors."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from imgclf.augment import AugmentConfig, BatchRandomAffine
-from imgclf.images import load_image, load_resized, to_rgb
+from imgclf.images import Geometry, center_crop, load_image, load_resized, to_rgb
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 
 
@@ -42,6 +44,61 @@ def test_resize_is_within_one_level_of_torchvisions_antialiased_resize(tmp_path)
     ours = torch.from_numpy(load_resized(tmp_path / "noise.png", 24)).int()
     theirs = v2.functional.resize(torch.from_numpy(pixels).permute(2, 0, 1), [24, 24], antialias=True).int()
     assert (ours - theirs).abs().max() <= 1
+
+
+@functools.cache
+def sample_photos() -> tuple:
+    """scikit-learn's two sample photos (shipped with it), read once."""
+    from sklearn.datasets import load_sample_images
+
+    return tuple(load_sample_images().images)
+
+
+def real_jpeg(tmp_path, width: int, height: int, index: int = 0):
+    """A real photo (scikit-learn's sample images ship with it) cut to width x height, saved as a q85 JPEG."""
+    photo = Image.fromarray(sample_photos()[index % 2])
+    scale = max(width / photo.width, height / photo.height)
+    photo = photo.resize((max(width, round(photo.width * scale)), max(height, round(photo.height * scale))))
+    path = tmp_path / f"photo_{width}x{height}.jpg"
+    photo.crop((0, 0, width, height)).save(path, quality=85)
+    return path
+
+
+# 4:3, 3:4, 16:9, square, 1:3 and one too small for the stored side (upscaled), as photos come.
+SHAPES = [(500, 375), (375, 500), (640, 360), (300, 300), (200, 600), (150, 100)]
+
+
+@pytest.mark.parametrize("width,height", SHAPES)
+@pytest.mark.parametrize("stored,model_input", [(224, 224), (256, 224), (32, 32)])
+def test_crop_geometry_is_torchvisions_resize_and_center_crop(tmp_path, width, height, stored, model_input):
+    """Train (the stored image, centre-cropped), evaluate, export and predict (Geometry.load) see torchvision's
+    eval pixels: Resize(stored) + CenterCrop(stored) + CenterCrop(input), on the PIL image and on the tensor."""
+    path = real_jpeg(tmp_path, width, height, index=width)
+    ours = torch.from_numpy(Geometry(stored, model_input, "crop").load(path)).int()
+    stored_then_cropped = torch.from_numpy(np.ascontiguousarray(
+        center_crop(load_resized(path, stored, "crop"), model_input))).int()
+    assert torch.equal(ours, stored_then_cropped)  # train's path and the file path: the same pixels
+    with Image.open(path) as image:
+        pil = image.convert("RGB")
+    pipeline = v2.Compose([v2.Resize(stored), v2.CenterCrop(stored), v2.CenterCrop(model_input)])
+    theirs_pil = torch.from_numpy(np.array(pipeline(pil))).permute(2, 0, 1).int()
+    theirs_tensor = pipeline(v2.functional.pil_to_tensor(pil)).int()  # antialiased bilinear on a uint8 tensor
+    assert ours.shape == (3, model_input, model_input)
+    assert (ours - theirs_pil).abs().max() <= 1
+    assert (ours - theirs_tensor).abs().max() <= 1
+    if (stored, model_input) == (256, 224) and (width, height) != (150, 100):
+        # one CenterCrop(224) after Resize(256), the torchvision recipe's own wording: the same window here
+        direct = v2.Compose([v2.Resize(stored), v2.CenterCrop(model_input)])(pil)
+        assert (ours - torch.from_numpy(np.array(direct)).permute(2, 0, 1).int()).abs().max() <= 1
+
+
+def test_squash_keeps_the_pipelines_earlier_pixels(tmp_path):
+    """squash is today's geometry bit for bit (models trained with it see what they saw), and loses the aspect."""
+    path = real_jpeg(tmp_path, 500, 375)
+    squashed = load_resized(path, 32, "squash")
+    assert np.array_equal(squashed, load_resized(path, 32))  # the default, as before this option existed
+    assert np.array_equal(Geometry.of({"image_size": 32}).load(path), squashed)  # a model.pt without geometry keys
+    assert not np.array_equal(squashed, load_resized(path, 32, "crop"))
 
 
 def test_jpeg_draft_decode_stays_close_to_a_full_decode(tmp_path):

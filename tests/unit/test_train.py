@@ -127,7 +127,7 @@ def test_train_refuses_a_decoded_folder_from_another_split(prepared):
     classes = json.loads((prepared / "split/classes.json").read_text())
     val = (prepared / "split/val.csv").read_text().splitlines()
     (prepared / "split/val.csv").write_text("\n".join(val[:-1]) + "\n")  # one image fewer
-    with pytest.raises(DataError, match=r"decoded/val.npy: decoded from another val split"):
+    with pytest.raises(DataError, match=r"decoded/meta.json: decoded from another val split"):
         train_model(tiny_config(epochs=1), prepared / "split/train.csv", prepared / "split/val.csv",
                     prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
     assert not (prepared / "model.pt").exists()
@@ -269,3 +269,25 @@ def test_an_architecture_that_cannot_take_the_image_size_is_refused_before_train
         train_model(tiny_config(arch="vit_b_16"), prepared / "split/train.csv", prepared / "split/val.csv",
                     prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
     assert not (prepared / "model.pt").exists()
+
+
+def test_input_size_crops_the_stored_images_and_travels_with_the_model(prepared, tmp_path):
+    """train.input_size < decode.image_size: batches are the stored images' centre, and model.pt says so,
+    so that evaluate and predict crop their files the same way (images.Geometry)."""
+    from imgclf.config import ConfigError
+    from imgclf.images import Geometry
+    from imgclf.predict import image_batches
+
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    args = (prepared / "split/train.csv", prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 1.0, 1.0])
+    with pytest.raises(ConfigError, match=r"train.input_size: 24 px is larger than the stored images "
+                                          r"\(decode.image_size 16\)"):
+        train_model(tiny_config(epochs=1, input_size=24), *args, tmp_path / "no.pt")
+    train_model(tiny_config(epochs=1, input_size=12), *args, tmp_path / "model.pt")
+    _, meta = load_checkpoint(tmp_path / "model.pt")
+    assert (meta["image_size"], meta["stored_size"], meta["resize"]) == (12, 16, "crop")
+    geometry = Geometry.of(meta)
+    path = (prepared / "split/val.csv").read_text().splitlines()[1].split(",")[0]
+    images, errors = next(image_batches([path], geometry, batch_size=4))
+    assert images.shape == (1, 3, 12, 12) and errors == [""]
+    assert np.array_equal(images[0], geometry.load(path))
