@@ -141,6 +141,7 @@ def test_predict_precision_applies_to_model_pt_only(tmp_path):
         open_classifier(tmp_path / "model.onnx", "cpu", "bf16")
 
 
+@pytest.mark.e2e  # trains (bf16 autocast on a CPU is slow): the full suite, not the fast tier
 def test_validation_and_the_temperature_are_fp32_when_training_autocasts(cuda_like_auto, prepared):
     """Training in bf16 (auto on CUDA): the logged val_loss and the shipped temperature are float32's."""
     from imgclf.calibration import fit_temperature
