@@ -184,3 +184,22 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         assert [knob.fp32_precision for knob in knobs] == ["ieee"] * 3
     assert [knob.fp32_precision for knob in knobs] == before
     assert isinstance(torch.backends.cudnn.allow_tf32, bool)  # torch's legacy flag is still readable after
+
+
+@pytest.mark.parametrize("section", ["evaluate", "predict"])
+def test_evaluation_precision_takes_no_auto(tmp_path, section):
+    """Reduced precision in evaluation is an explicit choice: `auto` (training's) is one line naming the key."""
+    import yaml
+
+    from imgclf.config import load_section
+    from imgclf.evaluate import EvaluateConfig
+    from imgclf.predict import PredictConfig
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params[section]["precision"] == "fp32"  # the shipped default
+    params[section]["precision"] = "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    config = {"evaluate": EvaluateConfig, "predict": PredictConfig}[section]
+    with pytest.raises(ConfigError, match=f"{section}.precision: must be one of fp32, bf16, fp16"):
+        load_section(tmp_path / "params.yaml", section, config)
