@@ -111,6 +111,7 @@ def test_evaluate_scores_in_fp32_by_default(cuda_like_auto, tmp_path, tiny_check
     assert result.metrics["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.e2e  # bf16 autocast on a CPU without native bf16 is slow: the full suite, not the fast tier
 def test_evaluate_in_bf16_is_an_explicit_opt_in(tmp_path, tiny_checkpoint, image_folder):
     from imgclf.evaluate import EvaluateConfig, evaluate_model
 
