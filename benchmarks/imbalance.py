@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                     cfg = dataclasses.replace(base, balance=balance, seed=seed)
                     train_model(cfg, work / "split/train.csv", work / "split/val.csv", work / "decoded", classes,
                                 weights, work / "model.pt")
+                    evaluation = EvaluateConfig(batch_size=256, num_workers=0, device="cpu", precision="fp32")
                     metrics = evaluate_model(work / "model.pt", work / "split/test.csv", work / "split/classes.json",
-                                             EvaluateConfig(batch_size=256, num_workers=0, device="cpu", precision="fp32")).metrics
+                                             evaluation).metrics
                     f1s.append(metrics["f1_macro"])
                     recalls.append(metrics["classes"][rarest]["recall"])
                 rows.append((imbalance, balance, scheme, f1s, recalls))

@@ -60,7 +60,7 @@ class Fingerprint:
         changed = [f"train.{k}" for k in keys if self.params.get(k) != other.params.get(k)]
         names = sorted(set(self.inputs) | set(other.inputs))
         changed += [f"input {n}" for n in names if self.inputs.get(n) != other.inputs.get(n)]
-        kinds = sorted(set(self.setup) | set(other.setup))
+        kinds = list(dict.fromkeys([*self.setup, *other.setup]))  # device, then autocast: as recorded
         return changed + [f"{k} ({other.setup.get(k, 'unknown')} -> {self.setup.get(k, 'unknown')})" for k in kinds
                           if self.setup.get(k) != other.setup.get(k)]
 

@@ -111,6 +111,7 @@ def test_evaluate_scores_in_fp32_by_default(cuda_like_auto, tmp_path, tiny_check
     assert result.metrics["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.e2e  # bf16 autocast on a CPU without native bf16 is slow: the full suite, not the fast tier
 def test_evaluate_in_bf16_is_an_explicit_opt_in(tmp_path, tiny_checkpoint, image_folder):
     from imgclf.evaluate import EvaluateConfig, evaluate_model
 
@@ -141,6 +142,7 @@ def test_predict_precision_applies_to_model_pt_only(tmp_path):
         open_classifier(tmp_path / "model.onnx", "cpu", "bf16")
 
 
+@pytest.mark.e2e  # trains (bf16 autocast on a CPU is slow): the full suite, not the fast tier
 def test_validation_and_the_temperature_are_fp32_when_training_autocasts(cuda_like_auto, prepared):
     """Training in bf16 (auto on CUDA): the logged val_loss and the shipped temperature are float32's."""
     from imgclf.calibration import fit_temperature
@@ -183,3 +185,22 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         assert [knob.fp32_precision for knob in knobs] == ["ieee"] * 3
     assert [knob.fp32_precision for knob in knobs] == before
     assert isinstance(torch.backends.cudnn.allow_tf32, bool)  # torch's legacy flag is still readable after
+
+
+@pytest.mark.parametrize("section", ["evaluate", "predict"])
+def test_evaluation_precision_takes_no_auto(tmp_path, section):
+    """Reduced precision in evaluation is an explicit choice: `auto` (training's) is one line naming the key."""
+    import yaml
+
+    from imgclf.config import load_section
+    from imgclf.evaluate import EvaluateConfig
+    from imgclf.predict import PredictConfig
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params[section]["precision"] == "fp32"  # the shipped default
+    params[section]["precision"] = "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    config = {"evaluate": EvaluateConfig, "predict": PredictConfig}[section]
+    with pytest.raises(ConfigError, match=f"{section}.precision: must be one of fp32, bf16, fp16"):
+        load_section(tmp_path / "params.yaml", section, config)
