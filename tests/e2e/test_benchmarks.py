@@ -1,6 +1,6 @@
 """Every benchmark runs at a tiny size, so that a refactor cannot break one silently (their numbers are not checked)."""
 
-from benchmarks import gpu, imbalance, predict, resume, split, train, weights
+from benchmarks import gpu, imbalance, predict, resume, scale, split, train, weights
 from benchmarks.common import Table
 
 
@@ -54,3 +54,14 @@ def test_imbalance_study_runs_one_tiny_configuration():
 def test_resume_benchmark():
     table = resume.main(["--epochs", "2", "--rounds", "1", "--demo-per-class", "25"])
     assert len(table.rows) == 3 and not table.rows[-1][2].strip().startswith("0.0")
+
+
+def test_scale_benchmark_measures_growth_disk_and_the_data_path(tmp_path):
+    table = scale.main(["--sizes", "150", "--data-only", "0", "--work", str(tmp_path)])
+    values = {what: value for _, what, value in table.rows}
+    first = values["150: first `dvc repro -s decode`: whole / stage / DVC (stage CPU)"]
+    grown = values["150: +1%: `dvc repro -s decode`: whole / stage / DVC (stage CPU)"]
+    decoded = first.split("decoded ")[1].split(",")[0]
+    assert f"reused {decoded}," in grown  # nothing decoded twice
+    ratio = values["150: after +1%: decoded data on disk (workspace + DVC cache, all versions) / one copy"]
+    assert float(ratio.split("=")[1].strip().rstrip("x")) < 1.15
