@@ -54,15 +54,15 @@ def _base_photo(index: int) -> bytes:
     return out.getvalue()
 
 
-def base_photos(cache: Path) -> list[bytes]:
-    """The DISTINCT base JPEGs, generated once on all cores and kept in `cache`."""
+def base_photos(cache: Path, count: int = DISTINCT) -> list[bytes]:
+    """`count` distinct base JPEGs, generated once on all cores and kept in `cache`."""
     cache.mkdir(parents=True, exist_ok=True)
-    missing = [i for i in range(DISTINCT) if not (cache / f"{i:05d}.jpg").exists()]
+    missing = [i for i in range(count) if not (cache / f"{i:05d}.jpg").exists()]
     if missing:
         with multiprocessing.get_context("fork").Pool() as pool:
             for i, data in zip(missing, pool.imap(_base_photo, missing, chunksize=32)):
                 (cache / f"{i:05d}.jpg").write_bytes(data)
-    return [(cache / f"{i:05d}.jpg").read_bytes() for i in range(DISTINCT)]
+    return [(cache / f"{i:05d}.jpg").read_bytes() for i in range(count)]
 
 
 def classes_for(n: int) -> int:
@@ -76,11 +76,11 @@ def image_path(raw: Path, i: int, classes: int) -> Path:
 
 
 def write_images(raw: Path, bases: list[bytes], start: int, stop: int, classes: int) -> None:
-    """Images start..stop-1 under raw/c<k>/: base photo (i mod DISTINCT) plus a trailer naming i."""
+    """Images start..stop-1 under raw/c<k>/: a base photo (i mod their number) plus a trailer naming i."""
     for k in range(classes):
         (raw / f"c{k:03d}").mkdir(parents=True, exist_ok=True)
     for i in range(start, stop):
-        image_path(raw, i, classes).write_bytes(bases[i % DISTINCT] + f"#{i}".encode())
+        image_path(raw, i, classes).write_bytes(bases[i % len(bases)] + f"#{i}".encode())
 
 
 def run(project: Project, *args: str) -> tuple[float, str]:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> Table:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="imgclf-scale-"))
     print(machine_line(), f"load average {os.getloadavg()[0]:.1f}")
     table = Table()
-    bases = base_photos(work / "bases")
+    bases = base_photos(work / "bases", min(DISTINCT, max(args.sizes + args.data_only + [1])))
     for n in args.sizes:
         bench_size(table, work, bases, n, full=True, keep=bool(args.work))
     for n in args.data_only:

@@ -22,7 +22,7 @@ from imgclf.config import param
 from imgclf.errors import DataError, ignore_interrupts
 from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
-from imgclf.store import (OutOfSpace, Store, StoredSplit, StoreParams, encode, file_key, free_bytes,
+from imgclf.store import (OutOfSpace, Store, StoredSplit, StoreParams, encode, file_key, free_bytes, is_out_of_space,
                           no_partial_shard, paths_digest, read_meta, space_message, store_bytes)
 
 SPLITS = ("train", "val")
@@ -136,13 +136,13 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     if needed * SPACE_MARGIN > free:
         raise DataError(space_message(out_dir, needed * SPACE_MARGIN, free, len(missing)))
     writer = store.writer()
-    pool = _pool(workers, len(missing))
+    processes = _pool(workers, len(missing))
     try:
         with no_partial_shard(writer):
             for key in copies:  # live entries of mostly-dead shards: copied, never decoded again
                 writer.add(key, store.read_entry(key))
             tasks = [(first_path[k], store.params) for k in missing]
-            results = pool.imap(_encoded, tasks, chunksize=16) if pool else map(_encoded, tasks)
+            results = processes.imap(_encoded, tasks, chunksize=16) if processes else map(_encoded, tasks)
             for key, (data, problem) in zip(missing, tqdm(results, total=len(missing), desc="decode", unit="img",
                                                           mininterval=1.0)):
                 if data is None:
@@ -152,14 +152,18 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
             writer.close_shard()
             meta = store.commit(writer, {name: (paths, [keys[p] for p in paths], paths_digest(paths))
                                          for name, paths in splits.items()})
-    except OutOfSpace:
+    except (OutOfSpace, OSError) as err:
+        if isinstance(err, OSError) and not is_out_of_space(err):
+            raise
         # What the whole run needs, from the entries written before the disk filled, less what stays on disk.
+        # (A full disk while the indexes or meta.json are written: the previous meta.json still names the
+        # previous indexes, so the previous store is whole.)
         per_entry = writer.bytes_written / max(writer.entries, 1)
         still = max(per_entry * (len(missing) + len(copies)), needed) - writer.closed_bytes
         raise DataError(space_message(out_dir, still * SPACE_MARGIN, free_bytes(out_dir), len(missing))) from None
     finally:
-        if pool:
-            pool.terminate()
+        if processes:
+            processes.terminate()
     return {"train": meta["splits"]["train"]["count"], "val": meta["splits"]["val"]["count"],
             "decoded": len(missing), "reused": len(first_path) - len(missing), "copied": len(copies),
             "bytes": store_bytes(out_dir)}

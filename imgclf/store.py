@@ -3,7 +3,7 @@
 Layout of a store folder (the decode stage's DVC output):
 
     meta.json                     format, decode params, shard list, per split: count, paths and index digests
-    <split>.index.npy             int64 N x 3 per split row: (shard number in meta's list, offset, length)
+    <split>-<sha>.index.npy       int64 N x 3 per split row: (shard number in meta's list, offset, length)
     shards/<params>-<sha>.bin     encoded images, back to back; named by the SHA-256 of their bytes
     shards/<params>-<sha>.keys.npy  per entry: SHA-256 of the source file's bytes, offset, length
 
@@ -316,18 +316,20 @@ class Store:
         for split, (paths, keys, paths_digest) in splits.items():
             index = np.array([(number[self.catalog[k][0]],) + self.catalog[k][1:] for k in keys],
                              dtype=np.int64).reshape(-1, 3)
-            with atomic_path(self.directory / f"{split}.index.npy") as tmp:
+            digest = hashlib.sha256(index.tobytes()).hexdigest()
+            # Named by content, beside the previous index: meta.json alone switches from one store to the next.
+            name = f"{split}-{digest[:16]}.index.npy"
+            with atomic_path(self.directory / name) as tmp:
                 with open(tmp, "wb") as out:
                     np.save(out, index)
-            meta["splits"][split] = {"count": len(keys), "paths_sha256": paths_digest,
-                                     "index_sha256": hashlib.sha256(index.tobytes()).hexdigest(),
-                                     "distinct": len(set(keys))}
+            meta["splits"][split] = {"count": len(keys), "paths_sha256": paths_digest, "index": name,
+                                     "index_sha256": digest, "distinct": len(set(keys))}
         write_json(self.directory / "meta.json", meta)
-        self._remove_unused(set(used), set(splits))
+        self._remove_unused(set(used), {info["index"] for info in meta["splits"].values()})
         return meta
 
-    def _remove_unused(self, used: set[str], splits: set[str]) -> None:
-        """Delete shards no split refers to (any params), index files of other splits, the old format's arrays.
+    def _remove_unused(self, used: set[str], indexes: set[str]) -> None:
+        """Delete shards no split refers to (any params), index files meta.json does not name, the old format's arrays.
 
         In the pool, a shard that is not used now stays while another name still holds it (DVC's cache,
         for an earlier data version: free on disk, and found again if that version comes back); once
@@ -346,7 +348,7 @@ class Store:
                         path.unlink()
                         (self.pool_dir / f"{name}.keys.npy").unlink(missing_ok=True)
         for path in self.directory.glob("*.index.npy"):
-            if path.name.removesuffix(".index.npy") not in splits:
+            if path.name not in indexes:
                 path.unlink(missing_ok=True)
         for old in ("train.npy", "val.npy"):  # imgclf.decoded/1
             (self.directory / old).unlink(missing_ok=True)
@@ -482,7 +484,7 @@ class StoredSplit:
             raise DataError(f"{self.directory / 'meta.json'}: decoded from another {split} split than the "
                             f"current one; run `dvc repro` (the decode stage) again")
         self.params = StoreParams(**meta["params"])
-        index_path = self.directory / f"{split}.index.npy"
+        index_path = self.directory / str(info.get("index", f"{split}.index.npy"))
         try:
             self.index = np.load(index_path)
             self._maps = [self._map(self.directory / "shards" / f"{name}.bin") for name in meta["shards"]]

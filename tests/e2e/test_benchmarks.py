@@ -2,7 +2,7 @@
 
 import os
 
-from benchmarks import gpu, imbalance, predict, resume, split, train, weights
+from benchmarks import gpu, imbalance, predict, resume, scale, split, train, weights
 from benchmarks.common import Table
 
 
@@ -80,3 +80,14 @@ def test_ddp_freeze_benchmark_times_both_mechanisms():
     measured = [what.split(": ", 1)[1] for _, what, _ in table.rows]
     assert measured == ["rebuild DDP", "find_unused_parameters", "rebuild DDP", "find_unused_parameters",
                         "building a DDP (the rebuild, once per change)"]
+
+
+def test_scale_benchmark_measures_growth_disk_and_the_data_path(tmp_path):
+    table = scale.main(["--sizes", "150", "--data-only", "0", "--work", str(tmp_path)])
+    values = {what: value for _, what, value in table.rows}
+    first = values["150: first `dvc repro -s decode`: whole / stage / DVC (stage CPU)"]
+    grown = values["150: +1%: `dvc repro -s decode`: whole / stage / DVC (stage CPU)"]
+    decoded = first.split("decoded ")[1].split(",")[0]
+    assert f"reused {decoded}," in grown  # nothing decoded twice
+    ratio = values["150: after +1%: decoded data on disk (workspace + DVC cache, all versions) / one copy"]
+    assert float(ratio.split("=")[1].strip().rstrip("x")) < 1.15

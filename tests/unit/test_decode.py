@@ -258,3 +258,21 @@ def test_the_pool_brings_back_shards_after_the_output_is_deleted_and_lets_go_of_
     keep.unlink()
     decode_split(write_split(tmp_path, paths[:2], paths[2:4]), out, other, workers=1, pool=pool)
     assert not (pool / shard.name).exists() and not (out / "shards" / shard.name).exists()
+
+
+def test_a_full_disk_while_meta_json_is_written_leaves_the_previous_store_readable(tmp_path, monkeypatch):
+    """meta.json is the one commit point: the new indexes have new names, so the old meta.json still fits."""
+    paths = images(tmp_path / "img", 0, 12)
+    out = tmp_path / "decoded"
+    decode_split(write_split(tmp_path, paths[:6], paths[6:8]), out, RAW, workers=1)
+    meta = (out / "meta.json").read_bytes()
+    expected = open_decoded(out, "train", paths[:6])[np.arange(6)]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imgclf.store, "write_json", full)
+    with pytest.raises(DataError, match="not enough disk space to decode 4 new images"):
+        decode_split(write_split(tmp_path, paths[:10], paths[10:]), out, RAW, workers=1)
+    assert (out / "meta.json").read_bytes() == meta
+    assert np.array_equal(open_decoded(out, "train", paths[:6])[np.arange(6)], expected)

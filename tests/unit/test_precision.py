@@ -195,9 +195,7 @@ def test_evaluation_precision_takes_no_auto(tmp_path, section):
     from imgclf.config import load_section
     from imgclf.evaluate import EvaluateConfig
     from imgclf.predict import PredictConfig
-    from tests.conftest import ROOT
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     assert params[section]["precision"] == "fp32"  # the shipped default
     params[section]["precision"] = "auto"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
