@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, prepare_demo
+from benchmarks.common import prepare_demo
 from imgclf.compute_weights import class_weights
 from imgclf.config import load_section
 from imgclf.evaluate import EvaluateConfig, evaluate_model

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Table, machine_line, prepare_demo
+from benchmarks.common import Table, machine_line, prepare_demo
 from imgclf.config import load_section
 from imgclf.template import PARAMS
 from imgclf.train import TrainConfig, train_model

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.common import Project, Table, machine_line, params_file, run_stage, write_photos
 from imgclf.template import PARAMS
-from benchmarks.common import ROOT, Project, Table, machine_line, params_file, run_stage, write_photos
 
 
 def _plain_decode(path: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, Table, image_folder_files, machine_line, write_photos
+from benchmarks.common import Table, image_folder_files, machine_line, write_photos
 from imgclf.augment import AugmentConfig, BatchRandomAffine
 from imgclf.config import load_section
 from imgclf.decode import decode_images

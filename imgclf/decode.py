@@ -22,8 +22,21 @@ from imgclf.config import param
 from imgclf.errors import DataError, ignore_interrupts
 from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
-from imgclf.store import (OutOfSpace, Store, StoredSplit, StoreParams, encode, file_key, free_bytes, is_out_of_space,
-                          no_partial_shard, paths_digest, read_meta, space_message, store_bytes)
+from imgclf.store import (
+    OutOfSpace,
+    Store,
+    StoredSplit,
+    StoreParams,
+    encode,
+    file_key,
+    free_bytes,
+    is_out_of_space,
+    no_partial_shard,
+    paths_digest,
+    read_meta,
+    space_message,
+    store_bytes,
+)
 
 SPLITS = ("train", "val")
 # Room left free beyond the estimate: the file system's own metadata and DVC's bookkeeping need some too.

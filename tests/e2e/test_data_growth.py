@@ -6,7 +6,7 @@ import pandas as pd
 import yaml
 
 from imgclf.template import PIPELINE
-from tests.conftest import DVC, ROOT, TINY, new_project, set_params, sh, write_png
+from tests.conftest import DVC, TINY, new_project, set_params, sh, write_png
 
 
 def splits_of(repo) -> dict[str, str]:

@@ -5,7 +5,7 @@ import json
 import yaml
 
 from imgclf.template import PIPELINE
-from tests.conftest import DVC, ROOT, TINY, new_project, set_params, sh
+from tests.conftest import DVC, TINY, new_project, set_params, sh
 
 
 def test_push_clone_pull_gives_an_up_to_date_pipeline_and_the_same_model(tmp_path):

@@ -4,8 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from imgclf.calibration import (calibrate, calibrated_probabilities, expected_calibration_error, fit_temperature,
-                                reliability_table)
+from imgclf.calibration import (
+    calibrate,
+    calibrated_probabilities,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_table,
+)
 from imgclf.plots import mistakes_gallery, per_class_frame, worst_mistakes
 from imgclf.split import class_counts
 

@@ -2,8 +2,8 @@
 old shards never rewritten; clear errors; a full disk leaves the previous store whole."""
 
 import errno
-import os
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path

@@ -15,8 +15,8 @@ from imgclf import inference
 from imgclf.checkpoint import checkpoint_classifier, load_checkpoint
 from imgclf.errors import ConfigError
 from imgclf.inference import autocast_dtype, predict_logits
-from imgclf.transforms import ModelInput
 from imgclf.template import PARAMS
+from imgclf.transforms import ModelInput
 from tests.conftest import tiny_train_config
 
 CUDA = torch.device("cuda")
