@@ -128,8 +128,9 @@ def test_evaluate_in_bf16_is_an_explicit_opt_in(tmp_path, tiny_checkpoint, image
 def test_predict_with_model_pt_gives_fp32_probabilities_by_default(cuda_like_auto, tiny_checkpoint):
     from imgclf.calibration import calibrated_probabilities
 
-    classes, size, probabilities = checkpoint_classifier(tiny_checkpoint, "cpu")
+    classes, geometry, probabilities = checkpoint_classifier(tiny_checkpoint, "cpu")
     model, meta = load_checkpoint(tiny_checkpoint)
+    size = geometry.input_size
     images = torch.randint(0, 256, (6, 3, size, size), dtype=torch.uint8)
     expected = calibrated_probabilities(fp32_logits(model, images, meta), meta["temperature"]).numpy()
     np.testing.assert_allclose(probabilities(images.numpy()), expected, rtol=0, atol=1e-6)
