@@ -177,6 +177,15 @@ def commit(project: Project, message: str) -> None:
     project.sh("git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", message)
 
 
+def repro_row(table: Table, project, stage: str, when: str) -> None:
+    """Time `dvc repro -s stage` and add its row: whole, the stage's own part, DVC's part, CPU, peak memory."""
+    seconds, out = run(project, "repro", "-s", stage)
+    own, peak, cpu = stage_part(out)
+    extra = f"; {decode_line(out)}" if stage == "decode" else ""
+    table.add("scale", f"{when} `dvc repro -s {stage}`: whole / stage / DVC (stage CPU)",
+              f"{seconds:6.1f} / {own:.1f} / {seconds - own:.1f} s ({cpu:.1f} s), peak {peak} MiB{extra}")
+
+
 def bench_size(table: Table, work: Path, bases: list[bytes], n: int, full: bool, keep: bool = False) -> None:
     """First run, +1%, -1% at n images; with `full` the decode stage too, else the data part only (add, split)."""
     label = f"{n // 1000}k" if n >= 1000 else str(n)
@@ -189,11 +198,7 @@ def bench_size(table: Table, work: Path, bases: list[bytes], n: int, full: bool,
               f"{folder_bytes(raw) / 2**20:8.0f} MiB ; {seconds:.1f} s")
     stages = ("split", "decode") if full else ("split",)
     for stage in stages:
-        seconds, out = run(project, "repro", "-s", stage)
-        own, peak, cpu = stage_part(out)
-        extra = f"; {decode_line(out)}" if stage == "decode" else ""
-        table.add("scale", f"{label}: first `dvc repro -s {stage}`: whole / stage / DVC (stage CPU)",
-                  f"{seconds:6.1f} / {own:.1f} / {seconds - own:.1f} s ({cpu:.1f} s), peak {peak} MiB{extra}")
+        repro_row(table, project, stage, f"{label}: first")
     commit(project, "first data")
     if full:
         one, _ = decoded_disk(project.repo)
@@ -209,11 +214,7 @@ def bench_size(table: Table, work: Path, bases: list[bytes], n: int, full: bool,
         seconds, _ = run(project, "add", "data/raw")
         table.add("scale", f"{label}: {label_change} images: `dvc add data/raw`", f"{seconds:6.1f} s")
         for stage in stages:
-            seconds, out = run(project, "repro", "-s", stage)
-            own, peak, cpu = stage_part(out)
-            extra = f"; {decode_line(out)}" if stage == "decode" else ""
-            table.add("scale", f"{label}: {label_change}: `dvc repro -s {stage}`: whole / stage / DVC (stage CPU)",
-                      f"{seconds:6.1f} / {own:.1f} / {seconds - own:.1f} s ({cpu:.1f} s), peak {peak} MiB{extra}")
+            repro_row(table, project, stage, f"{label}: {label_change}:")
         commit(project, f"data {label_change}")
         if full:
             one, disk = decoded_disk(project.repo)
