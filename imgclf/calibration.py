@@ -78,6 +78,7 @@ class Calibration:
     fitted: float
     ece_uncalibrated: float
     ece: float
+    worse_ece: float = float("nan")  # the ECE the fitted temperature gave, when it was rejected for it
 
     @property
     def rejected(self) -> bool:
@@ -90,8 +91,6 @@ class Calibration:
             return (f"temperature 1 (the fitted {self.fitted:.3f} raised validation ECE "
                     f"{self.ece_uncalibrated:.4f} -> {self.worse_ece:.4f}, so it was not used)")
         return f"temperature {self.temperature:.3f} (validation ECE {self.ece_uncalibrated:.4f} -> {self.ece:.4f})"
-
-    worse_ece: float = float("nan")  # the ECE the rejected temperature gave
 
 
 def calibrate(logits: torch.Tensor, targets: torch.Tensor) -> Calibration:
