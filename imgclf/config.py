@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -90,6 +91,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against the type `hint`, converting only where the conversion is lossless."""
     if dataclasses.is_dataclass(hint):
         return parse_section(value, hint, key)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+        # `float | None`: YAML's null is "not set" (e.g. train.norm_weight_decay: null = as the rest).
+        if value is None:
+            return None
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _coerce(value, inner, key)
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -130,5 +137,5 @@ def _check_bounds(value: Any, meta: Any, key: str) -> None:
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
     for name, symbol, ok in checks:
         bound = meta.get(name)
-        if bound is not None and not ok(value, bound):
+        if bound is not None and value is not None and not ok(value, bound):
             raise ConfigError(f"{key}: must be {symbol} {bound:g}, got {value!r}")

@@ -31,6 +31,8 @@ class EvaluateConfig:
     device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32: the metrics the CPU gives (TF32 off on CUDA); bf16/fp16: autocast, an opt-in for speed")
+    tta: Literal["none", "hflip"] = param("test-time augmentation: hflip averages the logits of each image and its "
+                                          "mirror (none for digits and text)")
 
 
 @dataclass

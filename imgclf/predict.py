@@ -39,6 +39,8 @@ class PredictConfig:
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32: the probabilities model.onnx and the CPU give (TF32 off on CUDA); bf16/fp16: autocast, an opt-in "
         "for speed (model.pt only)")
+    tta: Literal["none", "hflip"] = param("test-time augmentation: hflip averages the logits of each image and its "
+                                          "mirror (none for digits and text)")
 
 
 @dataclass

@@ -58,6 +58,20 @@ class TrainConfig:
     freeze_epochs: int = param("epochs that train only the new output layer before the backbone is unfrozen",
                               ge=0)
     label_smoothing: float = param("CrossEntropyLoss label smoothing", ge=0, lt=1)
+    mixup_alpha: float = param("mixup: Beta(alpha, alpha) mixing of image pairs in a batch (0 = off)", ge=0)
+    cutmix_alpha: float = param("cutmix: Beta(alpha, alpha) box pasting between image pairs (0 = off); with "
+                                "mixup also on, each batch uses one of the two (torchvision's RandomChoice)", ge=0)
+    ema_decay: float = param("exponential moving average of the weights, BatchNorm buffers included (0 = off); "
+                             "when on, validation, early stopping and the saved model use the average", ge=0, lt=1)
+    clip_grad_norm: float = param("clip the gradients' total L2 norm to this (0 = off; unscaled first under fp16)",
+                                  ge=0)
+    norm_weight_decay: float | None = param("weight decay of normalisation layers' weights and of every bias "
+                                            "(null: train.weight_decay, like the rest)", ge=0)
+    backbone_lr_factor: float = param("the backbone's learning rate is lr x this; the new output layer's is lr "
+                                      "(1.0: one learning rate)", gt=0, le=1)
+    precise_bn: Literal["auto", "always", "never"] = param(
+        "recompute BatchNorm statistics over training images before validating: auto does it while the running "
+        "estimates cannot have converged yet (few steps, or momentum 0.01 as in MobileNetV3)")
     patience: int = param("early stopping: epochs without improvement before stopping", ge=1)
     monitor: Literal["val_loss", "val_f1"] = param("early stopping monitor (val_f1 is weighted F1)")
     dropout: float = param("dropout probability right before the new output layer", ge=0, lt=1)
@@ -71,6 +85,8 @@ class TrainConfig:
         "training autocast: auto is bf16 on CUDA GPUs with native bf16 (Ampere, sm 8.0+), fp16 with loss scaling "
         "on older ones, fp32 elsewhere; bf16/fp16 force it. Validation always runs in fp32")
     seed: int = param("seed of weights init, sampling and augmentation", ge=0)
+    state_every: float = param("seconds between saves of the resume state (0: after every epoch); a killed run "
+                               "loses at most this much", ge=0)
     device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
     def validate(self) -> None:
