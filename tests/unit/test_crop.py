@@ -8,27 +8,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from imgclf.crop import ATTEMPTS, BatchRandomResizedCrop
+from tests.unit.augment_helpers import ks_same, photos
 
 RATIO = (3 / 4, 4 / 3)
-
-
-def photos(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """Photo-like float images in pixel units: smooth colour gradients and waves plus noise, integer valued."""
-    g = torch.Generator().manual_seed(seed)
-    y, x = torch.linspace(0, 1, height)[:, None], torch.linspace(0, 1, width)[None]
-    base = torch.stack([120 + 100 * torch.sin(6 * x + 3 * y), 128 + 90 * torch.cos(5 * y - 2 * x), 60 + 150 * x * y])
-    waves = 40 * torch.sin(torch.rand(n, 3, 1, 1, generator=g) * 20 * x + torch.rand(n, 3, 1, 1, generator=g) * 15 * y)
-    noise = 8 * torch.randn(n, 3, height, width, generator=g)
-    return (base + waves + noise).clamp(0, 255).round()
-
-
-def ks_same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Two-sample Kolmogorov-Smirnov test: False when the samples differ at the 0.1% level."""
-    values = torch.cat([a, b]).double().unique()
-    cdf_a = torch.searchsorted(a.double().sort().values, values, right=True) / len(a)
-    cdf_b = torch.searchsorted(b.double().sort().values, values, right=True) / len(b)
-    critical = math.sqrt(-math.log(0.001 / 2) / 2) * math.sqrt((len(a) + len(b)) / (len(a) * len(b)))
-    return bool((cdf_a - cdf_b).abs().max() < critical)
 
 
 def reference_params(fraction, log_ratio, u, height, width, ratio):
