@@ -10,6 +10,15 @@ from torchvision.transforms.v2 import functional as TF
 from imgclf.crop import ATTEMPTS, BatchRandomResizedCrop
 from tests.unit.augment_helpers import ks_same, photos
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a loaded 2-core machine every OpenMP region of 2 threads can wait ~50 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 RATIO = (3 / 4, 4 / 3)
 
 
