@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before it falls back to a centre crop
 
@@ -77,33 +78,56 @@ class BatchRandomResizedCrop:
         """Float N x C x H x W (any range, any device) -> N x C x size x size, antialiased bilinear."""
         if not self.active:
             return images
-        n, _, height, width = images.shape
-        boxes = to_device(self.params(n, height, width), images.device)
-        top, left, h, w = boxes.unbind(1)
-        # Crop and resize in one step: out = Ry @ image @ Rx^T with per-image resampling matrices that hold
-        # torchvision's (ATen's) antialiased bilinear weights, zero outside each image's box. Two batched
-        # matmuls for the whole batch, on its device; roi_align was tried and is not close enough (it
-        # samples pixels outside the box at its edges and its box-of-samples filter is not the triangle).
-        rows = resize_weights(top, h, height, self.size, images.dtype)
-        cols = resize_weights(left, w, width, self.size, images.dtype)
-        out = rows.unsqueeze(1) @ images @ cols.transpose(1, 2).unsqueeze(1)
+        n, channels, height, width = images.shape
+        top, left, h, w = self.params(n, height, width).unbind(1)
+        # Crop and resize in one step, one axis after the other, with torchvision's (ATen's) antialiased
+        # bilinear weights over each image's box. (roi_align was tried: it samples pixels outside the box at
+        # its edges and its box-of-samples filter is not the triangle, up to ~20 grey levels off; dense
+        # per-image resampling matrices and gathers were exact but several times slower on the CPU.)
+        row_index, row_weight = resize_taps(top, h, height, self.size)
+        col_index, col_weight = resize_taps(left, w, width, self.size)
+        size, device, dtype = self.size, images.device, images.dtype
+
+        def image_offsets(index: torch.Tensor, rows_per_image: int) -> torch.Tensor:
+            """Bags of table rows, one per (image, channel, output line): image and channel's offset added."""
+            planes = torch.arange(n * channels).view(n, channels, 1, 1) * rows_per_image
+            return to_device((index.unsqueeze(1) + planes).view(n * channels * size, -1), device)
+
+        def weights(weight: torch.Tensor) -> torch.Tensor:
+            return to_device(weight.unsqueeze(1).expand(n, channels, size, -1).reshape(n * channels * size, -1),
+                             device).to(dtype)
+
+        # Pass 1, rows: every output row of a channel is a weighted sum of a few input rows. embedding_bag with
+        # per-sample weights computes exactly that, fused, for the whole batch: its table's rows are the
+        # images' rows (N x C x H x W is that table as it lies in memory: no copy).
+        table = images.contiguous().view(n * channels * height, width)
+        rows = F.embedding_bag(image_offsets(row_index, height), table, mode="sum",
+                               per_sample_weights=weights(row_weight))
+        # Pass 2, columns: the same with the result transposed (its columns as the table's rows).
+        table = rows.view(n, channels, size, width).transpose(2, 3).reshape(n * channels * width, size)
+        out = F.embedding_bag(image_offsets(col_index, width), table, mode="sum",
+                              per_sample_weights=weights(col_weight))
+        out = out.view(n, channels, size, size).transpose(2, 3)  # back to rows x columns
         return out.contiguous(memory_format=memory_format_of(images))
 
 
-def resize_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size: int,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """Per-image n x size x extent weights: antialiased bilinear from [start, start + length) to `size`."""
-    # ATen's _upsample_bilinear2d_aa (interpolate(antialias=True), which resized_crop calls) along one
-    # axis: a triangle filter stretched by the scale when downscaling, cut to the input and normalised.
-    scale = (length.to(dtype) / size).unsqueeze(1)  # n x 1
-    centre = scale * (torch.arange(size, device=start.device, dtype=dtype) + 0.5)  # n x size
-    support = torch.where(scale >= 1, scale, torch.ones_like(scale))
-    inv_scale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+def resize_taps(start: torch.Tensor, length: torch.Tensor, extent: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image input indices and weights (n x size x taps, on the CPU) resizing [start, start + length) to size.
+
+    ATen's _upsample_bilinear2d_aa (interpolate(antialias=True), which resized_crop calls) along one axis:
+    a triangle filter, stretched by the scale when downscaling, cut to the box and normalised; in float32
+    as ATen computes it for float images.
+    """
+    scale = (length.float() / size).unsqueeze(1)  # n x 1
+    centre = scale * (torch.arange(size, dtype=torch.float32) + 0.5)  # n x size
+    support = torch.where(scale >= 1, scale, 1.0)
+    inv_scale = torch.where(scale >= 1, 1 / scale, 1.0)
     low = (centre - support + 0.5).trunc().clamp(min=0)
-    high = torch.minimum((centre + support + 0.5).trunc(), length.to(dtype).unsqueeze(1))
-    # Input index relative to the box, for every input pixel of the axis: n x 1 x extent.
-    j = (torch.arange(extent, device=start.device, dtype=dtype) - start.to(dtype).unsqueeze(1)).unsqueeze(1)
-    taps = (j >= low.unsqueeze(2)) & (j < high.unsqueeze(2))
+    high = torch.minimum((centre + support + 0.5).trunc(), length.float().unsqueeze(1))
+    taps = int((high - low).max())
+    j = low.unsqueeze(2) + torch.arange(taps, dtype=torch.float32)  # n x size x taps, relative to the box
     weight = (1 - ((j - centre.unsqueeze(2) + 0.5) * inv_scale.unsqueeze(2)).abs()).clamp(min=0)
-    weight = torch.where(taps, weight, torch.zeros_like(weight))
-    return weight / weight.sum(2, keepdim=True)
+    weight = torch.where(j < high.unsqueeze(2), weight, 0.0)
+    weight = weight / weight.sum(2, keepdim=True)
+    index = (j.long() + start[:, None, None]).clamp(max=extent - 1)  # past the box: weight 0, any valid index
+    return index, weight
