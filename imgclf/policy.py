@@ -70,7 +70,8 @@ class BatchAugmentPolicy:
     """torchvision's TrivialAugmentWide, RandAugment or AutoAugment (ImageNet), each image its own ops.
 
     On float images in pixel units (integer values 0..255, as uint8); results are rounded and clamped
-    as torchvision's uint8 kernels do, so that they match torchvision's within a grey level.
+    as torchvision's uint8 kernels do, so that they match torchvision's within a grey level. `fill` is the
+    per-channel colour, in pixel units, of what the geometric ops uncover (torchvision's `fill`).
     """
 
     def __init__(self, policy: str, fill: Sequence[float], generator: torch.Generator):
