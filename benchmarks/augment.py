@@ -1,6 +1,6 @@
 """Batched on-device augmentations against torchvision v2's per-image transforms, on the CPU, side by side.
 
-    python -m benchmarks.augment [--sizes 64,224] [--batch 64] [--repeats 5]
+    python -m benchmarks.augment [--sizes 64,224] [--batch 64] [--repeats 5] [--threads N]
 
 Per-image cost (µs per image) of BatchRandomResizedCrop, BatchAugmentPolicy (each policy) and
 BatchRandomErasing on a batch, next to the torchvision v2 transform applied image by image to the same
@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--sizes", default="64,224")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
     table = Table()
     for size in map(int, args.sizes.split(",")):
