@@ -82,7 +82,7 @@ def test_box_distribution_matches_torchvision():
 @pytest.mark.parametrize("height, width, size", [(64, 64, 32), (72, 96, 48), (48, 40, 64), (20, 36, 24)])
 def test_resize_matches_torchvision_resized_crop(height, width, size):
     # Measured: max |difference| 4.6e-5, mean 3e-6 grey levels (float32 rounding) at these sizes,
-    # downscaling (antialiased) and upscaling; the bound leaves room for other BLAS summation orders.
+    # downscaling (antialiased) and upscaling; the bound leaves room for other summation orders (CUDA).
     images = photos(6, height, width)
     boxes = BatchRandomResizedCrop(size, (0.08, 1.0), RATIO, torch.Generator().manual_seed(5)).params(6, height, width)
     out = BatchRandomResizedCrop(size, (0.08, 1.0), RATIO, torch.Generator().manual_seed(5))(images)
