@@ -16,7 +16,7 @@ from imgclf.checkpoint import load_checkpoint
 from imgclf.config import Device, param
 from imgclf.errors import DataError
 from imgclf.images import Geometry
-from imgclf.inference import loader_options, predict_logits, select_device
+from imgclf.inference import loader_options, predict_logits, select_device, with_tta
 from imgclf.metrics import classification_metrics, report_text
 from imgclf.split_files import read_classes, read_split
 from imgclf.transforms import ModelInput
@@ -60,7 +60,9 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
     prepare = ModelInput(meta["mean"], meta["std"], device)
-    logits, targets = predict_logits(model, loader, prepare, device, cfg.precision, desc="evaluate")
+    # tta hflip: the mean of each image's and its mirror's logits (inference.HFlipTTA), as predict does.
+    logits, targets = predict_logits(with_tta(model, cfg.tta), loader, prepare, device, cfg.precision,
+                                     desc="evaluate")
     predicted = logits.argmax(1).numpy()
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
