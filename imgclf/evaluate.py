@@ -10,6 +10,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from imgclf.baseline import MIN_IMAGES, learned_nothing
 from imgclf.batches import ImageListDataset
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, reliability_table
 from imgclf.checkpoint import load_checkpoint
@@ -45,6 +46,19 @@ class Evaluation:
     reliability: dict[str, pd.DataFrame]  # "uncalibrated" and "calibrated" reliability diagrams
 
 
+def refuse_if_learned_nothing(model_path: str | os.PathLike, meta: dict, predicted, targets, classes) -> None:
+    """No test F1 is published for a model that learned nothing: one class for every test image, or a validation
+    loss (recorded by train) no better than the class prior's."""
+    reason = None
+    if len(targets) >= MIN_IMAGES:
+        reason = learned_nothing(float("-inf"), 0.0, predicted, targets, classes)
+    if reason is None and meta.get("val_loss_calibrated", float("-inf")) >= meta.get("prior_loss", float("inf")):
+        reason = learned_nothing(meta["val_loss_calibrated"], meta["prior_loss"], [], [], classes)
+    if reason is not None:
+        raise DataError(f"{model_path}: this model learned nothing ({reason}); no test metrics are published "
+                        f"for it. Retrain it (see the train stage's advice)")
+
+
 def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
                    cfg: EvaluateConfig) -> Evaluation:
     """Score the model on the test split, with its confidence calibration before and after temperature scaling."""
@@ -64,6 +78,7 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     logits, targets = predict_logits(with_tta(model, cfg.tta), loader, prepare, device, cfg.precision,
                                      desc="evaluate")
     predicted = logits.argmax(1).numpy()
+    refuse_if_learned_nothing(model_path, meta, predicted, targets.numpy(), classes)
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
     raw = calibrated_probabilities(logits, 1.0)
