@@ -10,7 +10,8 @@ from imgclf.config import load_section
 from imgclf.distributed import World, launch
 from imgclf.errors import stage_main
 from imgclf.split_files import read_classes
-from imgclf.train import TrainConfig, open_live, train_model, training_device
+from imgclf.startup import preload
+from imgclf.train import DeferredLive, TrainConfig, train_model, training_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +43,16 @@ def main() -> None:
         training_device(cfg, World(0, cfg.nproc_per_node, 0, cfg.nproc_per_node))
         # This process becomes torchrun (torch's elastic launcher) for nproc_per_node copies of itself.
         sys.exit(launch(cfg.nproc_per_node, "stages.train", sys.argv[1:], root=Path(__file__).resolve().parents[1]))
+    # What only the first epoch's end needs (validation F1, DVCLive) is imported while training starts.
+    preload("sklearn.metrics", *(("dvclive", "scmrepo.exceptions") if world.is_main else ()))
     if not world.is_main:  # only rank 0 logs (and writes); the others train and validate their shards
         train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights, args.model,
                     state_path=args.state)
         return
 
-    # dvc.yaml is written by hand and declares these metrics and plots itself.
-    with open_live(args.live) as live:
+    # dvc.yaml is written by hand and declares these metrics and plots itself. DVCLive is set up
+    # when the first epoch is logged, not before training.
+    with DeferredLive(args.live) as live:
         def log_epoch(metrics: dict) -> None:
             for name in ("train_loss", "val_loss", "val_f1", "lr"):
                 live.log_metric(name, metrics[name])
