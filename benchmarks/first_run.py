@@ -46,7 +46,8 @@ name = sys.argv[1]; sys.argv = [name] + sys.argv[2:]
 module = importlib.import_module(name)
 mark("import")
 if name == "stages.train":
-    import torch, imgclf.fit, imgclf.train
+    import imgclf.fit, imgclf.train
+    from torch.optim.optimizer import register_optimizer_step_post_hook
     epoch, fit, hooks = imgclf.fit.train_one_epoch, imgclf.train.fit, []
     def train_one_epoch(*args, **kwargs):
         if len(marks) == 2:
@@ -57,7 +58,7 @@ if name == "stages.train":
     def timed_fit(*args, **kwargs):
         result = fit(*args, **kwargs); mark("epochs"); return result
     imgclf.fit.train_one_epoch, imgclf.train.fit = train_one_epoch, timed_fit
-    hooks.append(torch.optim.optimizer.register_optimizer_step_post_hook(first_step))
+    hooks.append(register_optimizer_step_post_hook(first_step))
 sys.modules["__main__"].main = module.main  # the stage is the program, as under `python -m`
 module.main()
 mark("done"); dump()
@@ -135,16 +136,19 @@ def main(argv: list[str] | None = None) -> Table:
                             str(args.image_size), "--batch-size", str(args.batch_size)], cwd=root, check=True,
                            capture_output=True)
             times["classic"].append(time.perf_counter() - start)
+            print(f"classic script: {times['classic'][-1]:.1f} s", flush=True)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
             times["floor"].append(time.perf_counter() - start)
             for name, code in variants.items():
                 project = make_project(work / f"repo_{name}", code, work / "photos", params)
                 times.setdefault(name, []).append(first_run(project))
+                print(f"first run ({name}): {times[name][-1]:.1f} s", flush=True)
                 stages = yaml.safe_load((project.repo / "dvc.yaml").read_text())["stages"]
                 for stage in ("train", "evaluate", "export", "predict"):
                     phases.setdefault((name, stage), []).append(
                         timed_stage(project.repo, stages[stage]["cmd"], project.env))
+                    print(f"{stage} ({name}): {phases[name, stage][-1]}", flush=True)
     med = {name: statistics.median(values) for name, values in times.items()}
     table = Table()
     label = f"{args.photos} photos 1024x768, resnet18, {args.image_size} px, batch {args.batch_size}, " \
