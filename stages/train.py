@@ -24,12 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
     parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
     parser.add_argument("--state", default=".cache/train_state.pt",
-                        help="the training state saved after every epoch, to resume an interrupted run from "
-                             "(not a DVC output: DVC deletes those before a stage runs; removed when done)")
+                        help="the training state, saved every train.state_every seconds (at most every epoch), to "
+                             "resume an interrupted run from (not a DVC output: DVC deletes those before a stage "
+                             "runs; removed when done)")
     return parser
 
 
-@stage_main(interrupted="its progress is saved after every epoch: rerun `dvc repro` to resume")
+@stage_main(interrupted="its progress is saved every train.state_every seconds (at most after every epoch): "
+                        "rerun `dvc repro` to resume")
 def main() -> None:
     """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
     args = build_parser().parse_args()
