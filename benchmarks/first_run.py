@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> Table:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
             times["floor"].append(time.perf_counter() - start)
+            print(f"import torch, torchvision: {times['floor'][-1]:.2f} s", flush=True)
             for name, code in variants.items():
                 project = make_project(work / f"repo_{name}", code, work / "photos", params)
                 times.setdefault(name, []).append(first_run(project))
