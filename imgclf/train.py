@@ -33,7 +33,7 @@ from imgclf.fit import FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
 from imgclf.mixing import BatchMix
 from imgclf.model import build_model, output_layer, set_backbone_trainable
-from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
+from imgclf.resume import EverySeconds, Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
 from imgclf.store import StoredSplit, paths_digest
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
@@ -264,7 +264,8 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
                 state_path: str | os.PathLike | None = None) -> FitResult:
     """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`.
 
-    With `state_path`, the whole training state is saved there after every epoch; a later call with
+    With `state_path`, the whole training state is saved there after every epoch (or every
+    `cfg.state_every` seconds, resume.EverySeconds); a later call with
     the same params, inputs and device set-up resumes from it (bit-exact on the CPU), and a completed
     run removes it. Under torchrun (several processes) only rank 0 writes, prints and calls
     `on_epoch`, and rank 0 alone decides whether to resume (the others receive its state).
@@ -356,7 +357,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
         resume_from = world.broadcast(load_state(state_path, fingerprint) if world.is_main else None)
         if resume_from is not None:
             say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
-        writer = StateWriter(state_path, fingerprint) if world.is_main else None
+        writer = EverySeconds(StateWriter(state_path, fingerprint), cfg.state_every) if world.is_main else None
     try:
         result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
                      freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch if world.is_main else lambda metrics: None,
@@ -419,4 +420,23 @@ def open_live(directory: str | os.PathLike):
                 pass
 
     return StageLive(directory, dvcyaml=False, save_dvc_exp=False)
+
+
+class DeferredLive:
+    """open_live(directory), opened on first use: DVCLive's import and set-up (~0.4 s) come after the
+    first epoch instead of before the first step. Used as a context manager, like Live itself."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory, self.opened = directory, None
+
+    def __getattr__(self, name: str):
+        if self.opened is None:
+            self.opened = open_live(self.directory).__enter__()  # as `with` would: end() waits for __exit__
+        return getattr(self.opened, name)
+
+    def __enter__(self) -> "DeferredLive":
+        return self
+
+    def __exit__(self, *exc_info):
+        return None if self.opened is None else self.opened.__exit__(*exc_info)
 
