@@ -226,6 +226,20 @@ def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int
                           pin_memory=device.type == "cuda")
 
 
+def make_bn_batches(images: np.ndarray, targets: Sequence[int], batch_size: int, device: torch.device,
+                    world: World, seed: int) -> DecodedBatches:
+    """Training images for precise BN: centre-cropped, never augmented, in one fixed shuffled order (this rank's shard).
+
+    Shuffled because the split lists images class by class: batches of one class each would average
+    within-class variances only, and BatchNorm would divide by far too small a deviation. The order
+    comes from its own seeded permutation, so no random number of the training run is drawn.
+    """
+    order = np.random.default_rng(seed).permutation(len(targets))
+    positions = [int(order[i]) for i in shard(len(targets), world)]
+    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, False),
+                          pin_memory=device.type == "cuda")
+
+
 def training_device(cfg: TrainConfig, world: World) -> torch.device:
     """The device this process trains on: `cfg.device`, or under DDP on CUDA the local rank's GPU.
 
@@ -342,10 +356,9 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
                       mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
                       ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
                       clip_grad_norm=cfg.clip_grad_norm, precise_bn=cfg.precise_bn,
-                      # Training images in file order, centre-cropped, never augmented: no random number is drawn.
-                      bn_batches=make_val_batches(open_split(decoded_dir, "train", train_frame["path"],
-                                                             cfg.input_size), train_frame["target"],
-                                                  cfg.batch_size, device, world))
+                      bn_batches=make_bn_batches(open_split(decoded_dir, "train", train_frame["path"],
+                                                            cfg.input_size), train_frame["target"],
+                                                 cfg.batch_size, device, world, cfg.seed))
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
