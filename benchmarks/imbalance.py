@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                     cfg = dataclasses.replace(base, balance=balance, seed=seed)
                     train_model(cfg, work / "split/train.csv", work / "split/val.csv", work / "decoded", classes,
                                 weights, work / "model.pt")
-                    evaluation = EvaluateConfig(batch_size=256, num_workers=0, device="cpu", precision="fp32")
+                    evaluation = EvaluateConfig(batch_size=256, num_workers=0, device="cpu", precision="fp32",
+                                                tta="none")
                     metrics = evaluate_model(work / "model.pt", work / "split/test.csv", work / "split/classes.json",
                                              evaluation).metrics
                     f1s.append(metrics["f1_macro"])

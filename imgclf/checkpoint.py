@@ -13,7 +13,7 @@ from imgclf.artifacts import atomic_open
 from imgclf.calibration import calibrated_probabilities
 from imgclf.errors import DataError
 from imgclf.images import Geometry
-from imgclf.inference import evaluation_precision, select_device
+from imgclf.inference import evaluation_precision, select_device, with_tta
 from imgclf.model import build_model
 from imgclf.transforms import ModelInput, memory_format
 
@@ -36,14 +36,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) 
         torch.save({"format": FORMAT, "state_dict": state, **metadata}, handle)
 
 
-def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32") \
+def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32", tta: str = "none") \
         -> tuple[list[str], Geometry, Callable[[np.ndarray], np.ndarray]]:
     """model.pt as predict uses it: (classes, its images' geometry, calibrated probabilities of a uint8 batch).
 
-    float32 unless `precision` opts in to bf16/fp16 (inference.evaluation_precision).
+    float32 unless `precision` opts in to bf16/fp16 (inference.evaluation_precision); `tta` hflip
+    averages each image's and its mirror's logits (inference.HFlipTTA).
     """
     device = select_device(device_name)
     model, meta = load_checkpoint(path, device)
+    model = with_tta(model, tta)
     prepare = ModelInput(meta["mean"], meta["std"], device)
 
     def probabilities(images: np.ndarray) -> np.ndarray:

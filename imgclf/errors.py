@@ -22,6 +22,10 @@ class DataError(PipelineError):
     """Input data that the pipeline cannot use: a missing folder, an empty class, a bad checkpoint."""
 
 
+class TrainingError(PipelineError):
+    """A training run whose result must not be used: a model that learned nothing."""
+
+
 def stage_main(main: Callable[[], None] | None = None, *, interrupted: str = "rerun it to start again") \
         -> Callable[[], None] | Callable[[Callable[[], None]], Callable[[], None]]:
     """Wrap a stage's main(): a PipelineError prints `error: ...` and exits 2; Ctrl-C prints one line, exits 130.

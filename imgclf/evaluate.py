@@ -10,13 +10,14 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from imgclf.baseline import MIN_IMAGES, learned_nothing
 from imgclf.batches import ImageListDataset
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, reliability_table
 from imgclf.checkpoint import load_checkpoint
 from imgclf.config import Device, param
 from imgclf.errors import DataError
 from imgclf.images import Geometry
-from imgclf.inference import loader_options, predict_logits, select_device
+from imgclf.inference import loader_options, predict_logits, select_device, with_tta
 from imgclf.metrics import classification_metrics, report_text
 from imgclf.split_files import read_classes, read_split
 from imgclf.transforms import ModelInput
@@ -45,6 +46,19 @@ class Evaluation:
     reliability: dict[str, pd.DataFrame]  # "uncalibrated" and "calibrated" reliability diagrams
 
 
+def refuse_if_learned_nothing(model_path: str | os.PathLike, meta: dict, predicted, targets, classes) -> None:
+    """No test F1 is published for a model that learned nothing: one class for every test image, or a validation
+    loss (recorded by train) no better than the class prior's."""
+    reason = None
+    if len(targets) >= MIN_IMAGES:
+        reason = learned_nothing(float("-inf"), 0.0, predicted, targets, classes)
+    if reason is None and meta.get("val_loss_calibrated", float("-inf")) >= meta.get("prior_loss", float("inf")):
+        reason = learned_nothing(meta["val_loss_calibrated"], meta["prior_loss"], [], [], classes)
+    if reason is not None:
+        raise DataError(f"{model_path}: this model learned nothing ({reason}); no test metrics are published "
+                        f"for it. Retrain it (see the train stage's advice)")
+
+
 def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, classes_path: str | os.PathLike,
                    cfg: EvaluateConfig) -> Evaluation:
     """Score the model on the test split, with its confidence calibration before and after temperature scaling."""
@@ -60,8 +74,11 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         **loader_options(cfg.num_workers, device))
     prepare = ModelInput(meta["mean"], meta["std"], device)
-    logits, targets = predict_logits(model, loader, prepare, device, cfg.precision, desc="evaluate")
+    # tta hflip: the mean of each image's and its mirror's logits (inference.HFlipTTA), as predict does.
+    logits, targets = predict_logits(with_tta(model, cfg.tta), loader, prepare, device, cfg.precision,
+                                     desc="evaluate")
     predicted = logits.argmax(1).numpy()
+    refuse_if_learned_nothing(model_path, meta, predicted, targets.numpy(), classes)
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
     raw = calibrated_probabilities(logits, 1.0)

@@ -1,9 +1,10 @@
 """The export stage's logic: model.pt -> model.onnx (torch.onnx, dynamo exporter), checked for parity on the test split.
 
 The exported graph takes what `images.Geometry.load` gives (uint8 N x 3 x I x I) and returns logits:
-the normalisation is inside it, so a runtime without torch needs only the shared decoding. The class
-names, the geometry (input and stored side, resize), normalisation and calibration temperature travel
-in the file's metadata.
+the normalisation is inside it, so a runtime without torch needs only the shared decoding, and so is
+predict.tta's test-time augmentation (hflip: the mean of each image's and its mirror's logits,
+inference.HFlipTTA). The class names, the geometry (input and stored side, resize), normalisation,
+calibration temperature and tta travel in the file's metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from imgclf.checkpoint import load_checkpoint
 from imgclf.config import param
 from imgclf.errors import DataError
 from imgclf.images import Geometry
+from imgclf.inference import with_tta
 from imgclf.onnx_model import METADATA_FORMAT, OnnxClassifier, softmax
 from imgclf.transforms import ModelInput
 
@@ -51,20 +53,21 @@ class Normalised(nn.Module):
         return self.model((images.float() - self.mean) / self.std)
 
 
-def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opset: int) -> None:
-    """Export a loaded model.pt (`load_checkpoint`'s model and metadata) to `onnx_path`.
+def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opset: int, tta: str = "none") -> None:
+    """Export a loaded model.pt (`load_checkpoint`'s model and metadata) to `onnx_path`, with test-time augmentation
+    `tta` (predict.tta) inside the graph.
 
     Written atomically, after onnx.checker's full check.
     """
     import onnx
 
-    wrapped = Normalised(model, meta["mean"], meta["std"]).eval()
+    wrapped = Normalised(with_tta(model, tta), meta["mean"], meta["std"]).eval()
     size = meta["image_size"]
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)  # batch 2: the batch stays dynamic
     metadata = {"format": METADATA_FORMAT, "arch": meta["arch"], "classes": json.dumps(meta["classes"]),
                 **{key: str(value) for key, value in Geometry.of(meta).metadata().items()},
                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-                "temperature": repr(meta["temperature"])}
+                "temperature": repr(meta["temperature"]), "tta": tta}
     with atomic_path(onnx_path) as tmp:
         try:
             with warnings.catch_warnings():
@@ -85,12 +88,14 @@ def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opse
 
 
 def parity(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, paths: Sequence[str],
-           cfg: ExportConfig) -> dict:
-    """Run `paths` through the PyTorch model as evaluate feeds it (ModelInput, eval mode) and through ONNX Runtime.
+           cfg: ExportConfig, tta: str = "none") -> dict:
+    """Run `paths` through the PyTorch model as evaluate feeds it (ModelInput, eval mode, `tta`) and through ONNX
+    Runtime.
 
     How far apart they are, in numbers. The reference is the evaluate/predict path itself, not the
     exported wrapper, so a normalisation that drifted from ModelInput's would fail here too.
     """
+    model = with_tta(model, tta)
     prepare = ModelInput(meta["mean"], meta["std"], torch.device("cpu"))
     geometry = Geometry.of(meta)
     session = OnnxClassifier(onnx_path)
@@ -112,14 +117,15 @@ def parity(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, paths: Se
 
 
 def export_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, onnx_path: str | os.PathLike,
-                 cfg: ExportConfig) -> dict:
-    """Export, then check parity on every test image; a model.onnx that fails parity is removed, with one line."""
+                 cfg: ExportConfig, tta: str = "none") -> dict:
+    """Export with test-time augmentation `tta` (predict.tta), then check parity on every test image against PyTorch
+    with the same TTA; a model.onnx that fails parity is removed, with one line."""
     from imgclf.split_files import read_split_paths
 
     paths = read_split_paths(test_csv)["path"].tolist()
     model, meta = load_checkpoint(model_path)
-    export_onnx(model, meta, onnx_path, cfg.opset)
-    report = parity(model, meta, onnx_path, paths, cfg)
+    export_onnx(model, meta, onnx_path, cfg.opset, tta)
+    report = parity(model, meta, onnx_path, paths, cfg, tta)
     report["opset"] = cfg.opset
     if report["prediction_mismatches"] or report["logits_outside_tolerance"]:
         Path(onnx_path).unlink(missing_ok=True)

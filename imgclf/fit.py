@@ -13,8 +13,11 @@ from torch import nn
 from tqdm import tqdm
 
 from imgclf.distributed import World
+from imgclf.ema import WeightAverage
 from imgclf.inference import Batches, autocast, autocast_dtype, predict_logits
 from imgclf.metrics import weighted_f1
+from imgclf.mixing import BatchMix, mixed_loss
+from imgclf.precise_bn import recompute_statistics, statistics_stale
 from imgclf.resume import restore_rng_states, rng_states
 
 
@@ -32,6 +35,10 @@ class TrainingRun:
     `set_frozen(True)` leaves only the output layer trainable (for `freeze_epochs`); when the stepped
     model cannot follow a change of the trainable set (DDP registers its gradient hooks for the
     parameters that train when it is built), it returns the model to step from now on, else None.
+    Training batches go through `train_input` (default: `augment(prepare(images))`), then `mix`
+    (MixUp/CutMix) when active. With `ema`, its average is what validates and what is kept.
+    `precise_bn` (auto | always | never) recomputes BatchNorm statistics over `bn_batches` (training
+    images, not augmented) before validating.
     """
 
     model: nn.Module
@@ -49,12 +56,27 @@ class TrainingRun:
     generator: torch.Generator | None = None  # the sampler's and augmentation's: saved with the state
     world: World = World()  # this process's rank; val_batches then hold its shard of the validation set
     eval_model: nn.Module | None = None  # what validates (the plain model under DDP); default `model`
+    train_input: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented model input
+    mix: BatchMix | None = None
+    ema: WeightAverage | None = None
+    clip_grad_norm: float = 0.0
+    precise_bn: str = "never"
+    bn_batches: Batches | None = None
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
         # Loss scaling is needed only for fp16 on CUDA; bf16 and fp32 pass through unchanged.
         fp16 = autocast_dtype(self.precision, self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda" and fp16)
+        if self.train_input is None:
+            self.train_input = lambda images: self.augment(self.prepare(images))
+
+    @property
+    def evaluator(self) -> nn.Module:
+        """What validates, is early-stopped on and is kept: the weight average, else the plain model."""
+        if self.ema is not None:
+            return self.ema.module
+        return self.eval_model if self.eval_model is not None else self.model
 
 
 def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
@@ -80,15 +102,25 @@ def train_epoch_on_device(run: TrainingRun, desc: str = "train") -> tuple[torch.
     count = 0
     progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0,
                     disable=not run.world.is_main)
+    mixing = run.mix is not None and run.mix.active
     for images, targets in progress:
-        images = run.augment(run.prepare(images))
+        images = run.train_input(images)
         targets = targets.to(run.device, non_blocking=True)
+        if mixing:
+            images, partners, lam = run.mix(images, targets)
         with autocast(run.device, run.precision):
-            loss = run.criterion(run.model(images), targets)
+            outputs = run.model(images)
+            loss = mixed_loss(run.criterion, outputs, targets, partners, lam) if mixing \
+                else run.criterion(outputs, targets)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        if run.clip_grad_norm:
+            run.scaler.unscale_(run.optimizer)  # clip the true gradients, not fp16's scaled ones
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.clip_grad_norm)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
         if run.scheduler_per_batch:
             run.scheduler.step()
         # Summed on the device: reading a loss back every step would stall a GPU's queue.
@@ -204,6 +236,7 @@ def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epo
     return {"epoch": epoch, "history": list(history), "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "stopper": stopper.state_dict(epoch),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
             "rng": run.world.gather(rng_states(run.generator, run.device))}  # every process's, by rank
 
 
@@ -214,7 +247,9 @@ def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> lis
     run.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:  # a disabled scaler saves {}: the set-up (fingerprinted) made it so, and still does
         run.scaler.load_state_dict(state["scaler"])
-    stopper.load_state_dict(state["stopper"], run.model)
+    if run.ema is not None:  # before the stopper, whose best weights may be the average's own
+        run.ema.load_state_dict(state["ema"])
+    stopper.load_state_dict(state["stopper"], run.evaluator)
     if len(state["rng"]) != run.world.world_size:  # the fingerprint holds the world size: a bug if reached
         raise ValueError(f"a state of {len(state['rng'])} processes cannot resume {run.world.world_size}")
     restore_rng_states(state["rng"][run.world.rank], run.generator, run.device)
@@ -236,7 +271,8 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         on_epoch(metrics)  # the loggers' history is rebuilt, step for step
     first = len(history) + 1 if not stopper.should_stop else epochs + 1
     say = tqdm.write if run.world.is_main else (lambda text: None)
-    evaluator = run.eval_model if run.eval_model is not None else run.model
+    evaluator = run.evaluator
+    steps_per_epoch = max(len(run.train_batches), 1)
     for epoch in range(first, epochs + 1):
         getattr(run.train_batches, "set_epoch", lambda e: None)(epoch)
         lr = run.optimizer.param_groups[0]["lr"]
@@ -245,13 +281,16 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
             if stepped is not None:
                 run.model = stepped
         train_loss = train_one_epoch(run, desc=f"epoch {epoch}/{epochs} train")
+        if run.precise_bn == "always" or (
+                run.precise_bn == "auto" and statistics_stale(run.model, epoch * steps_per_epoch, steps_per_epoch)):
+            recompute_statistics(evaluator, run.bn_batches, run.prepare)
         val_loss, val_f1 = validate(evaluator, run.val_batches, run.prepare, run.device,
                                     desc=f"epoch {epoch}/{epochs} val", world=run.world)
         if not run.scheduler_per_batch:
             run.scheduler.step()
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
         history.append(metrics)
-        improved = stopper.update(metrics[monitor], run.model, epoch)
+        improved = stopper.update(metrics[monitor], evaluator, epoch)
         say(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                    f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
         on_epoch(metrics)
@@ -260,6 +299,6 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         if stopper.should_stop:
             say(f"early stopping: no {monitor} improvement for {patience} epochs")
             break
-    stopper.restore(run.model)
+    stopper.restore(evaluator)
     return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history),
                      best_value=stopper.best_value, history=history)

@@ -1,4 +1,5 @@
-"""Running a model, shared by train (validation), evaluate and predict: device choice, mixed precision, logits."""
+"""Running a model, shared by train (validation), evaluate, predict and export: device choice, mixed precision,
+test-time augmentation, logits."""
 
 from __future__ import annotations
 
@@ -84,6 +85,34 @@ def evaluation_precision(device: torch.device, precision: str):
     if autocast_dtype(precision, device) is None:
         return exact_fp32() if device.type == "cuda" else contextlib.nullcontext()
     return autocast(device, precision)
+
+
+class HFlipTTA(nn.Module):
+    """Test-time augmentation `hflip`: the mean of the model's logits on a batch and on its horizontal mirror.
+
+    Two forward passes per image. Logits are averaged, not probabilities: the result is still a logit
+    vector on the model's own scale, so the calibration temperature fitted in train still applies
+    (softmax(logits / T)); evaluate's ece_calibrated measures how well it does with TTA on. The one
+    implementation: evaluate and predict (model.pt) run it, and export builds it into model.onnx.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The last axis is the width of N x C x H x W. A per-channel normalisation commutes with the
+        # mirror, so it may come before or after (export puts it in front of this module).
+        return (self.model(images).float() + self.model(images.flip(-1)).float()) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """`model` as `tta` (evaluate.tta / predict.tta) runs it: itself for none, wrapped in HFlipTTA for hflip."""
+    if tta == "none":
+        return model
+    if tta == "hflip":
+        return HFlipTTA(model).train(model.training)
+    raise ValueError(f"unknown test-time augmentation {tta!r}; expected none or hflip")
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ from imgclf.images import Geometry
 
 METADATA_FORMAT = "imgclf.onnx/1"
 METADATA_KEYS = ("format", "arch", "classes", "image_size", "mean", "std", "temperature")
+# The test-time augmentation built into the graph (predict.tta when exported); a file without the key
+# was exported before TTA existed: none. The choices of evaluate.tta and predict.tta.
+TTA_MODES = ("none", "hflip")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -55,12 +58,15 @@ class OnnxClassifier:
             self.mean, self.std = json.loads(props["mean"]), json.loads(props["std"])
         except (ValueError, TypeError) as err:
             raise DataError(f"{path}: malformed metadata ({err})") from None
+        self.tta = props.get("tta", "none")
+        if self.tta not in TTA_MODES:
+            raise DataError(f"{path}: malformed metadata (tta {self.tta!r}; expected one of {', '.join(TTA_MODES)})")
         if not isinstance(self.classes, list) or not self.classes or not 0 < self.temperature < float("inf"):
             raise DataError(f"{path}: malformed metadata (classes or temperature)")
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """float32 logits for a uint8 N x 3 x S x S batch."""
+        """float32 logits for a uint8 N x 3 x S x S batch (with the graph's own test-time augmentation, `tta`)."""
         return self.session.run(None, {self.input_name: images})[0]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

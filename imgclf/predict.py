@@ -52,8 +52,14 @@ class Classifier:
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
-def open_classifier(model_path: str | os.PathLike, device: str, precision: str = "fp32") -> Classifier:
-    """model.onnx through ONNX Runtime (no torch), anything else as a model.pt checkpoint through PyTorch."""
+def open_classifier(model_path: str | os.PathLike, device: str, precision: str = "fp32",
+                    tta: str | None = "none") -> Classifier:
+    """model.onnx through ONNX Runtime (no torch), anything else as a model.pt checkpoint through PyTorch.
+
+    `tta` (predict.tta) hflip averages each image's and its mirror's logits: model.pt runs it here,
+    model.onnx has it in its graph (the export stage builds predict.tta in) and must match. None takes
+    model.onnx's own (none for model.pt): predict outside a project, without a params file.
+    """
     if str(model_path).lower().endswith(".onnx"):
         if precision != "fp32":  # ONNX Runtime runs the exported float32 graph: say so rather than ignore it
             raise ConfigError(f"predict.precision: {precision} applies to model.pt only; {model_path} runs in "
@@ -61,6 +67,9 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
         from imgclf.onnx_model import OnnxClassifier
 
         model = OnnxClassifier(model_path)
+        if tta is not None and model.tta != tta:  # the graph cannot change its TTA: say so rather than ignore it
+            raise ConfigError(f"predict.tta: {tta}, but {model_path} was exported with tta {model.tta}; re-run the "
+                              f"export stage (`dvc repro export`) to build predict.tta into it")
         return Classifier(model.classes, model.geometry, model.probabilities)
     try:
         import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
@@ -70,7 +79,7 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
                         f"(pip install -r requirements.txt)") from None
     from imgclf.checkpoint import checkpoint_classifier
 
-    classes, geometry, probabilities = checkpoint_classifier(model_path, device, precision)
+    classes, geometry, probabilities = checkpoint_classifier(model_path, device, precision, tta or "none")
     return Classifier(classes, geometry, probabilities)
 
 
@@ -102,15 +111,15 @@ def _stack(items: list[tuple[np.ndarray | None, str]], image_size: int) -> tuple
 
 
 def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathLike], output_path: str | os.PathLike,
-                  cfg: PredictConfig) -> dict[str, int]:
+                  cfg: PredictConfig, tta_as_exported: bool = False) -> dict[str, int]:
     """Classify every file of `inputs` (files, and folders searched recursively), streaming rows to `output_path`.
 
     Probabilities are temperature-calibrated; a row whose confidence is below `cfg.min_confidence`
     keeps its prediction but gets the status `uncertain`, for a human to review. Returns the counts
-    of ok, uncertain and error rows.
+    of ok, uncertain and error rows. `tta_as_exported`: a model.onnx's own TTA, whatever cfg.tta says.
     """
     paths = list_inputs(inputs)
-    model = open_classifier(model_path, cfg.device, cfg.precision)
+    model = open_classifier(model_path, cfg.device, cfg.precision, None if tta_as_exported else cfg.tta)
     classes = model.classes
     counts = {"ok": 0, "uncertain": 0, "error": 0}
     with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:
@@ -154,10 +163,11 @@ def main() -> None:
     """The predict stage and the `imgclf-predict` command: params, predict, one summary line."""
     args = build_parser().parse_args()
     params = args.params or "params.yaml"
-    if args.params is None and not os.path.isfile(params):  # outside a project: the shipped defaults
+    shipped = args.params is None and not os.path.isfile(params)
+    if shipped:  # outside a project: the shipped defaults, and a model.onnx's own test-time augmentation
         from imgclf.template import PARAMS as params
     cfg = load_section(params, "predict", PredictConfig)
-    counts = predict_files(args.model, args.input, args.output, cfg)
+    counts = predict_files(args.model, args.input, args.output, cfg, tta_as_exported=shipped)
     if counts["ok"] + counts["uncertain"] + counts["error"] == 0:
         print(f"no files found in {' '.join(args.input)}; wrote {args.output} with its header only")
     else:

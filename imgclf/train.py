@@ -20,16 +20,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
-from imgclf.augment import AugmentConfig, BatchRandomAffine
+from imgclf.augment import AugmentConfig, TrainInput
+from imgclf.baseline import MIN_IMAGES, learned_nothing, prior_loss
 from imgclf.batches import DecodedBatches
 from imgclf.calibration import calibrate
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import Device, param
 from imgclf.distributed import DistributedWeightedSampler, World, shard
-from imgclf.errors import ConfigError
+from imgclf.ema import WeightAverage
+from imgclf.errors import ConfigError, TrainingError
 from imgclf.fit import FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
-from imgclf.model import build_model, set_backbone_trainable
+from imgclf.mixing import BatchMix
+from imgclf.model import build_model, output_layer, set_backbone_trainable
 from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
 from imgclf.store import StoredSplit, paths_digest
@@ -113,8 +116,34 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def parameter_groups(cfg: TrainConfig, model: nn.Module) -> list[dict] | list[nn.Parameter]:
+    """The optimizer's parameter groups: the output layer's first, then the backbone's at lr x backbone_lr_factor,
+    each split into decayed weights and norm-layer weights and biases at norm_weight_decay.
+
+    With the defaults (one learning rate, one weight decay) it is model.parameters() itself, the classic recipe.
+    """
+    if cfg.backbone_lr_factor == 1.0 and cfg.norm_weight_decay is None:
+        return list(model.parameters())
+    head = {id(p) for p in output_layer(model)[1].parameters()}
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+                  nn.modules.instancenorm._InstanceNorm)
+    no_decay = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            # torchvision's reference (norm_weight_decay) covers norm layers; timm also exempts every bias.
+            if isinstance(module, norm_types) or name == "bias":
+                no_decay.add(id(parameter))
+    groups: dict[tuple[bool, bool], list] = {}
+    for parameter in model.parameters():
+        groups.setdefault((id(parameter) in head, id(parameter) in no_decay), []).append(parameter)
+    norm_decay = cfg.weight_decay if cfg.norm_weight_decay is None else cfg.norm_weight_decay
+    return [{"params": params, "lr": cfg.lr * (1.0 if is_head else cfg.backbone_lr_factor),
+             "weight_decay": norm_decay if is_norm else cfg.weight_decay}
+            for (is_head, is_norm), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """Adam (the classic recipe), AdamW or SGD with momentum, as `cfg.optimizer` says."""
+    """Adam (the classic recipe), AdamW or SGD with momentum, as `cfg.optimizer` says (groups may set their own lr)."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -129,7 +158,9 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     if cfg.scheduler == "onecycle":
         # OneCycleLR warms up by design; warmup_epochs sets its rising phase (default 30%, as PyTorch's).
         rising = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
-        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * max(steps_per_epoch, 1),
+        # Each group peaks at its own lr (the backbone's is lr x backbone_lr_factor).
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return sched.OneCycleLR(optimizer, max_lr=peaks, total_steps=cfg.epochs * max(steps_per_epoch, 1),
                                 pct_start=rising), True
     if cfg.scheduler == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
@@ -261,6 +292,9 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
     train_images = open_split(decoded_dir, "train", train_frame["path"], cfg.input_size)  # N x 3 x I x I, checked
     image_size = train_images.shape[-1]
+    if cfg.augment.crop_scale < 1:
+        # A random resized crop takes its boxes from the whole stored image and resizes them to image_size.
+        train_images = open_split(decoded_dir, "train", train_frame["path"], 0)
     train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
                                        class_weights, generator, device, world, cfg.seed)
     val_images = open_split(decoded_dir, "val", val_frame["path"], cfg.input_size)
@@ -289,7 +323,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
 
     loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, parameter_groups(cfg, model))
     scheduler, per_batch = make_scheduler(cfg, optimizer, len(train_batches))
     set_speed_options(device)
 
@@ -301,9 +335,16 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     run = TrainingRun(model=stepped_model(), train_batches=train_batches,
                       val_batches=val_batches, prepare=prepare, criterion=criterion, optimizer=optimizer,
                       scheduler=scheduler, device=device, precision=cfg.precision,
-                      augment=BatchRandomAffine(cfg.augment, prepare.fill(), generator),
+                      train_input=TrainInput(cfg.augment, prepare, image_size, generator),
                       scheduler_per_batch=per_batch, set_frozen=set_frozen, generator=generator,
-                      world=world, eval_model=model if world.distributed else None)
+                      world=world, eval_model=model if world.distributed else None,
+                      mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
+                      ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
+                      clip_grad_norm=cfg.clip_grad_norm, precise_bn=cfg.precise_bn,
+                      # Training images in file order, centre-cropped, never augmented: no random number is drawn.
+                      bn_batches=make_val_batches(open_split(decoded_dir, "train", train_frame["path"],
+                                                             cfg.input_size), train_frame["target"],
+                                                  cfg.batch_size, device, world))
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
@@ -324,16 +365,31 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     finally:
         if writer is not None:
             writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
+    if run.ema is not None:
+        model.load_state_dict(run.ema.module.state_dict())  # the best epoch's average is the model
     # Temperature scaling on the validation set, in float32: the best model's confidences made to mean what they say.
     val_logits, val_targets = all_logits(model, val_batches, prepare, device, "calibrate", world)
     result.calibration = calibrate(val_logits, val_targets)
     result.temperature = result.calibration.temperature
+    # Judged at the fitted temperature: an accurate but overconfident model has a large raw loss, yet learned.
+    val_loss = torch.nn.functional.cross_entropy(val_logits / result.calibration.fitted, val_targets).item()
+    prior = prior_loss(train_frame["target"], val_targets.numpy(), len(classes))
+    reason = learned_nothing(val_loss, prior, val_logits.argmax(1).numpy(), val_targets.numpy(), classes)
+    if reason is not None and len(val_targets) < MIN_IMAGES:
+        say(f"warning: on only {len(val_targets)} validation images the best model looks as if it learned nothing "
+            f"({reason}); with fewer than {MIN_IMAGES} that cannot be told apart from chance, so it is kept")
+    elif reason is not None:
+        raise TrainingError(f"train: the best model (epoch {result.best_epoch} of {result.epochs_run}) learned nothing "
+                            f"on the {len(val_targets)} validation images: {reason}; no model was written. Try more "
+                            f"epochs, another train.lr, train.pretrained, a larger decode.image_size, or "
+                            f"train.precise_bn: always")
     if world.is_main:
         save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
                         stored_size=train_images.stored_size, resize=train_images.params.resize,
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
-                        epochs_run=result.epochs_run, temperature=result.temperature)
+                        epochs_run=result.epochs_run, temperature=result.temperature,
+                        val_loss_calibrated=val_loss, prior_loss=prior)
     say(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
         f"{result.calibration.describe()}; "
         f"wrote {model_path}")

@@ -36,9 +36,15 @@ class ModelInput:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Move and normalise one batch; uint8 crosses the bus, a quarter of float32's bytes."""
-        images = images.to(self.device, non_blocking=True).float()
-        images = (images - self.mean) / self.std
-        return images.contiguous(memory_format=self.memory_format)
+        return self.normalise(self.pixels(images))
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """The uint8 batch as float pixel values 0..255 on the device (what pixel-level augmentation takes)."""
+        return images.to(self.device, non_blocking=True).float()
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float pixel values -> the model's normalised input."""
+        return ((pixels - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def fill(self) -> torch.Tensor:
         """The background colour in normalised units, 1 x 3 x 1 x 1: what augmentation pads with."""

@@ -239,5 +239,6 @@ def tiny_train_config(**changes):
     fixed = dict(arch="resnet18", pretrained="none", batch_size=8, epochs=2, optimizer="adam", lr=0.0005,
                  weight_decay=1e-5, scheduler="step", step_size=7, gamma=0.1, warmup_epochs=0, freeze_epochs=0,
                  label_smoothing=0.0, patience=5, monitor="val_loss", dropout=0.2, balance="sampler",
-                 precision="fp32", compile=False, seed=42, device="cpu")
+                 precision="fp32", compile=False, seed=42, device="cpu", mixup_alpha=0.0, cutmix_alpha=0.0,
+                 ema_decay=0.0, clip_grad_norm=0.0, norm_weight_decay=None, backbone_lr_factor=1.0, precise_bn="auto")
     return dataclasses.replace(cfg, **{**fixed, **changes})

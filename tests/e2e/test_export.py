@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from imgclf.template import PARAMS
@@ -59,24 +60,52 @@ def test_common_architectures_export_with_parity(tmp_path, test_csv, arch):
     assert graph.opset_import[0].version == 18
 
 
-def predict_with(model, inputs, output, tmp_path):
+def predict_with(model, inputs, output, tmp_path, tta="none"):
     params = yaml.safe_load(PARAMS.read_text())
-    params["predict"].update(device="cpu", min_confidence=0.0)
+    params["predict"].update(device="cpu", min_confidence=0.0, tta=tta)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return run_stage("predict", "--params", str(tmp_path / "params.yaml"), "--model", str(model), "--input",
                      *map(str, inputs), "--output", str(output))
 
 
-def test_predict_with_onnx_writes_the_same_rows_as_with_the_checkpoint(tmp_path, test_csv):
-    from imgclf.export import export_model
+def test_predict_with_onnx_writes_the_same_rows_as_with_the_checkpoint_with_hflip_tta(tmp_path, test_csv):
+    """The export stage builds predict.tta hflip into model.onnx: its logits are PyTorch's two-pass mean, and predict
+    with either model writes the same rows (tta none is what the architectures' parity test exports)."""
+    from imgclf.checkpoint import load_checkpoint
+    from imgclf.images import Geometry
+    from imgclf.onnx_model import OnnxClassifier
+    from imgclf.transforms import ModelInput
 
     checkpoint = checkpoint_of(tmp_path, "resnet18")
-    export_model(checkpoint, test_csv, tmp_path / "model.onnx", export_cfg())
+    params = yaml.safe_load(PARAMS.read_text())
+    params["export"].update(rtol=1e-3, atol=1e-5, batch_size=8)
+    params["predict"]["tta"] = "hflip"
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(params))
+    code, out, err = run_stage("export", "--params", str(tmp_path / "export.yaml"), "--model", str(checkpoint),
+                               "--test", str(test_csv), "--onnx", str(tmp_path / "model.onnx"), "--metrics",
+                               str(tmp_path / "export.json"))
+    assert code == 0 and "test-time augmentation hflip" in out, err
+    assert json.loads((tmp_path / "export.json").read_text())["logits_outside_tolerance"] == 0
+    session = OnnxClassifier(tmp_path / "model.onnx")
+    assert session.tta == "hflip"
+    model, meta = load_checkpoint(checkpoint)
+    images = np.stack([Geometry.of(meta).load(p) for p in pd.read_csv(test_csv)["path"]])
+    prepare = ModelInput(meta["mean"], meta["std"], torch.device("cpu"))
+    with torch.no_grad():
+        plain = model(prepare(torch.from_numpy(images))).numpy()
+        mirror = model(prepare(torch.from_numpy(np.ascontiguousarray(images[..., ::-1])))).numpy()
+    got = session.logits(images)
+    assert np.allclose(got, (plain + mirror) / 2, rtol=1e-3, atol=1e-5)  # the export stage's tolerances
+    assert not np.allclose(got, plain, rtol=1e-3, atol=1e-5)
+    code, _, err = predict_with(tmp_path / "model.onnx", [tmp_path / "img"], tmp_path / "none.csv", tmp_path)
+    assert code == 2 and "was exported with tta hflip; re-run the export stage" in err
+    assert len(err.strip().splitlines()) == 1
+
     (tmp_path / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     single = tmp_path / "single.png"
     write_png(single, 99)
     for model, name in ((checkpoint, "pt.csv"), (tmp_path / "model.onnx", "onnx.csv")):
-        code, _, err = predict_with(model, [tmp_path / "img", single], tmp_path / name, tmp_path)
+        code, _, err = predict_with(model, [tmp_path / "img", single], tmp_path / name, tmp_path, tta="hflip")
         assert code == 0, err
     pt, ox = (pd.read_csv(tmp_path / n, keep_default_na=False) for n in ("pt.csv", "onnx.csv"))
     assert list(pt.columns) == list(ox.columns) and len(pt) == 12  # 10 images, the broken one, the single file

@@ -79,7 +79,7 @@ def test_two_cpu_runs_give_equal_weights_and_metrics(prepared):
         train_model(tiny_config(epochs=2), prepared / "split/train.csv", prepared / "split/val.csv",
                     prepared / "decoded", classes, [1.0, 2.0, 3.0], model_path)
         result = evaluate_model(model_path, prepared / "split/test.csv", prepared / "split/classes.json",
-                                EvaluateConfig(batch_size=4, num_workers=0, device="cpu", precision="fp32"))
+                                EvaluateConfig(batch_size=4, num_workers=0, device="cpu", precision="fp32", tta="none"))
         metrics, samples = result.metrics, result.samples
         runs.append((torch.load(model_path, weights_only=True)["state_dict"], metrics, samples))
     (weights_a, metrics_a, samples_a), (weights_b, metrics_b, samples_b) = runs

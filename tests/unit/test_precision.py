@@ -101,7 +101,7 @@ def test_evaluate_scores_in_fp32_by_default(cuda_like_auto, tmp_path, tiny_check
     (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     cfg = load_section(PARAMS, "evaluate", EvaluateConfig)  # the shipped default
     assert cfg.precision == "fp32"
-    cfg = EvaluateConfig(batch_size=4, num_workers=0, device="cpu", precision=cfg.precision)
+    cfg = EvaluateConfig(batch_size=4, num_workers=0, device="cpu", precision=cfg.precision, tta="none")
     result = evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json", cfg)
 
     model, meta = load_checkpoint(tiny_checkpoint)
@@ -120,7 +120,7 @@ def test_evaluate_in_bf16_is_an_explicit_opt_in(tmp_path, tiny_checkpoint, image
     (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
     losses = {precision: evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json",
                                         EvaluateConfig(batch_size=4, num_workers=0, device="cpu",
-                                                       precision=precision)).metrics["loss"]
+                                                       precision=precision, tta="none")).metrics["loss"]
               for precision in ("fp32", "bf16")}
     assert losses["fp32"] != losses["bf16"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 

@@ -97,4 +97,4 @@ def test_evaluate_refuses_a_model_trained_on_other_classes(tmp_path, tiny_checkp
     (tmp_path / "test.csv").write_text("path,label\nx.png,a\n")
     with pytest.raises(DataError, match="classes differ from those"):
         evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json",
-                       EvaluateConfig(batch_size=2, num_workers=0, device="cpu", precision="fp32"))
+                       EvaluateConfig(batch_size=2, num_workers=0, device="cpu", precision="fp32", tta="none"))

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped after any epoch and resumed ends bit-identical to one never stopped."""
 
+import dataclasses
 import json
 import pickle
 
@@ -47,6 +48,12 @@ SETTINGS = {
     "freeze_smoothing": {"freeze_epochs": 2, "label_smoothing": 0.1, "optimizer": "sgd"},
     "val_f1_loss_balance": {"monitor": "val_f1", "balance": "loss", "optimizer": "adamw"},
     "early_stop": {"patience": 1, "lr": 0.05},
+    # Every part of the photo recipe: its random draws and the EMA must resume exactly too.
+    "photo_recipe": {"augment": dataclasses.replace(tiny_train_config().augment, hflip=True, crop_scale=0.5,
+                                                    policy="trivial_wide", erasing=0.25),
+                     "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "ema_decay": 0.9, "clip_grad_norm": 1.0,
+                     "norm_weight_decay": 0.0, "backbone_lr_factor": 0.5, "precise_bn": "always",
+                     "label_smoothing": 0.1},
 }
 # The classic recipe runs in the fast tier; every other setting in the full suite.
 MATRIX = [pytest.param(name, marks=() if name == "step" else pytest.mark.e2e) for name in SETTINGS]
