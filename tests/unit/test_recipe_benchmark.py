@@ -2,6 +2,9 @@
 
 import hashlib
 
+import pytest
+
+from benchmarks import recipe
 from benchmarks.recipe import VARIANTS, base_config, region_classes, variant_config, write_regions
 from imgclf.split import split_image_folder
 
@@ -37,3 +40,11 @@ def test_variants_change_only_what_they_name():
     modern = variant_config(base, VARIANTS["modern"], 10)
     assert modern.augment.policy == "trivial_wide" and modern.augment.rotation == 0 and modern.cutmix_alpha == 1.0
     assert modern.ema_decay == 0.9 and modern.scheduler == "cosine" and modern.lr == base.lr
+
+
+@pytest.mark.e2e
+def test_the_benchmark_runs_tiny_with_both_budgets():
+    tables = recipe.main(["--seeds", "1", "--epochs", "2", "--variants", "baseline,modern", "--per-class", "5",
+                          "--file-size", "24", "--image-size", "16", "--set", "arch=shufflenet_v2_x0_5"])
+    assert [row["variant"] for row in tables["equal_epochs"]] == ["baseline", "modern"]
+    assert [row["variant"] for row in tables["equal_time"]] == ["baseline", "modern"]
