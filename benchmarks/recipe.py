@@ -21,9 +21,10 @@ monitor val_f1): every run trains all its epochs and, as the stage does, keeps i
 validation epoch.
 
 Two budgets: equal epochs (every variant `--epochs`), and equal time: a variant whose epoch costs
-more than the baseline's (CPU seconds of this process per epoch, median over its runs, so that the
-other work on a shared machine does not count) gets the epochs that fit the baseline's budget,
-round(epochs x baseline cost / its cost); within 15% of the baseline's cost it is the same run.
+more than the baseline's (CPU seconds of its process per epoch, median over its runs, so that other
+work on a shared machine counts less than in wall time) gets the epochs that fit the baseline's
+budget, round(epochs x baseline cost / its cost); within 15% of the baseline's cost it is the same
+run.
 """
 
 from __future__ import annotations
