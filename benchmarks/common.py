@@ -113,10 +113,14 @@ def run_stage(stage: str, args: list[str]) -> tuple[float, int, str]:
     """Run `python -m stages.<stage> args` from the repository root: (seconds, peak RSS in MiB, output)."""
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
     # large benchmark process would report at least that process's size.
-    probe = ("import re, runpy, sys; sys.argv = sys.argv[1:]\n"
+    # A stage leaves by os._exit after a clean finish (errors.leave_now): the peak is printed there too.
+    probe = ("import os, re, runpy, sys; sys.argv = sys.argv[1:]\n"
+             "def peak():\n    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+             "    print('PEAK_KIB', hwm, file=sys.stderr, flush=True)\n"
+             "leave = os._exit\n"
+             "os._exit = lambda code: (peak(), leave(code))\n"
              "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
-             "finally:\n    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-             "    print('PEAK_KIB', hwm, file=sys.stderr)")
+             "finally:\n    peak()")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", probe, f"stages.{stage}", *args], cwd=ROOT, capture_output=True,
                           text=True)

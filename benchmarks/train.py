@@ -30,7 +30,8 @@ from imgclf.template import PARAMS
 from imgclf.train import make_train_batches, set_speed_options
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
-AUGMENT = AugmentConfig(hflip=False, rotation=10, translate=0.1, scale=0.1)  # the demo's augmentation
+AUGMENT = AugmentConfig(hflip=False, rotation=10, translate=0.1, scale=0.1,  # the demo's augmentation
+                        crop_scale=1.0, crop_ratio=4 / 3, policy="none", erasing=0.0)
 
 
 def classic_loader(root: Path, image_size: int, batch_size: int, workers: int = 0, pin_memory: bool = False):

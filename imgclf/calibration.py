@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported by reliability_table alone: predict and export never need it
 
 ECE_BINS = 15  # Guo et al.'s choice: 15 equal-width confidence bins
 
@@ -47,6 +50,8 @@ def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.
 
 def reliability_table(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> pd.DataFrame:
     """Per non-empty confidence bin: mean `confidence`, `accuracy` and `count` (the reliability diagram)."""
+    import pandas as pd
+
     confidence, predicted = probabilities.max(1)
     correct = (predicted == targets).double().numpy()
     confidence = confidence.double().numpy()

@@ -8,8 +8,6 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-import pandas as pd
-
 from imgclf.config import param
 from imgclf.errors import DataError
 
@@ -27,6 +25,8 @@ class ComputeWeightsConfig:
 
 def count_labels(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
     """Images per class, in `classes` order."""
+    import pandas as pd  # here, not at the top: the train stage reads weights.json and needs no pandas for it
+
     counts = pd.Series(list(labels), dtype=object).value_counts()
     return [int(counts.get(name, 0)) for name in classes]
 

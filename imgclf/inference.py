@@ -51,6 +51,28 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def cpu_native_bf16() -> str | None:
+    """The CPU's native bf16 instructions ("amx_bf16" or "avx512_bf16"), or None where bf16 would be emulated.
+
+    From torch's own CPU probes (cpuinfo), falling back to Linux's /proc/cpuinfo flags. Only the
+    benchmark (benchmarks.cpu_bf16) reads it: `precision: auto` stays fp32 on CPUs until bf16's speed
+    and accuracy have been measured on one that has it (docs/benchmarks.md).
+    """
+    probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    for name, probe in probes.items():
+        try:
+            if getattr(torch.cpu, probe)():
+                return name
+        except Exception:  # a private probe renamed or absent: the flags below still tell
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((name for name in probes if name in flags), None)
+
+
 def autocast(device: torch.device, precision: str):
     """Mixed precision as `precision` says (see autocast_dtype); a no-op context for fp32."""
     dtype = autocast_dtype(precision, device)

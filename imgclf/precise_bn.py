@@ -42,7 +42,10 @@ def statistics_stale(model: nn.Module, steps: int, steps_per_epoch: int) -> bool
 
 @torch.no_grad()
 def recompute_statistics(model: nn.Module, batches: Iterable, prepare: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """Replace every BatchNorm layer's running statistics by their exact average over `batches`; returns images seen.
+    """Replace every BatchNorm layer's running statistics by their average over `batches`; returns images seen.
+
+    The variance is the mean of the batches' variances (as swa_utils.update_bn and fvcore's precise BN):
+    `batches` must be shuffled, so that each batch's variance is the population's, not one class's.
 
     Only the BatchNorm layers run in training mode (dropout and the rest stay in eval mode, so no
     random number is drawn); each layer's momentum and the model's mode are restored afterwards.

@@ -1,4 +1,5 @@
-"""The train stage's resumable state: everything an interrupted run needs to continue bit-exactly, saved every epoch.
+"""The train stage's resumable state: everything an interrupted run needs to continue bit-exactly, saved every
+epoch or every `train.state_every` seconds (EverySeconds).
 
 It lives outside DVC's outputs (DVC deletes those before a stage runs), in `.cache/` (never
 committed), and is keyed by a fingerprint of the train params and the stage's input files: a run
@@ -13,10 +14,11 @@ import json
 import os
 import random
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -178,6 +180,36 @@ class StateWriter:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+
+
+class EverySeconds:
+    """The `save_state` given to fit(): passes an epoch's state on to `save` only when a kill before the
+    next save would otherwise lose more than `seconds` of training (`train.state_every`).
+
+    Saved when the time since the last save (or since the start) plus one more epoch, as long as the
+    last one, would exceed `seconds`: short epochs are saved about every `seconds`, epochs of
+    more than `seconds / 2` every epoch, and with `seconds` 0 every epoch. A saved state is the whole
+    state of its epoch, so a resumed run is as exact as with every epoch saved; a kill loses at most
+    about `seconds` (as epochs vary, up to their variation more). The last epoch follows the same rule:
+    a completed run removes the state anyway, and only a kill during the calibration could use it.
+    """
+
+    def __init__(self, save: Callable[[dict], None], seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.save, self.seconds, self.clock = save, seconds, clock
+        self.last_save = self.last_epoch = clock()
+
+    def __call__(self, state: dict) -> None:
+        now = self.clock()
+        epoch_seconds, self.last_epoch = now - self.last_epoch, now
+        if self.seconds <= 0 or now - self.last_save + epoch_seconds > self.seconds:
+            self.save(state)
+            self.last_save = self.clock()  # the save's own time (the copy) counts towards the next interval
+            self.last_epoch = self.last_save
+
+    def wait(self) -> None:
+        """The wrapped writer's wait(), if it has one."""
+        getattr(self.save, "wait", lambda: None)()
 
 
 def _detached_copy(value: Any) -> Any:

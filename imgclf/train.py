@@ -33,7 +33,7 @@ from imgclf.fit import FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
 from imgclf.mixing import BatchMix
 from imgclf.model import build_model, output_layer, set_backbone_trainable
-from imgclf.resume import Fingerprint, StateWriter, load_state, remove_state
+from imgclf.resume import EverySeconds, Fingerprint, StateWriter, load_state, remove_state
 from imgclf.split_files import read_split
 from imgclf.store import StoredSplit, paths_digest
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
@@ -226,6 +226,20 @@ def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int
                           pin_memory=device.type == "cuda")
 
 
+def make_bn_batches(images: np.ndarray, targets: Sequence[int], batch_size: int, device: torch.device,
+                    world: World, seed: int) -> DecodedBatches:
+    """Training images for precise BN: centre-cropped, never augmented, in one fixed shuffled order (this rank's shard).
+
+    Shuffled because the split lists images class by class: batches of one class each would average
+    within-class variances only, and BatchNorm would divide by far too small a deviation. The order
+    comes from its own seeded permutation, so no random number of the training run is drawn.
+    """
+    order = np.random.default_rng(seed).permutation(len(targets))
+    positions = [int(order[i]) for i in shard(len(targets), world)]
+    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, False),
+                          pin_memory=device.type == "cuda")
+
+
 def training_device(cfg: TrainConfig, world: World) -> torch.device:
     """The device this process trains on: `cfg.device`, or under DDP on CUDA the local rank's GPU.
 
@@ -264,7 +278,8 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
                 state_path: str | os.PathLike | None = None) -> FitResult:
     """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`.
 
-    With `state_path`, the whole training state is saved there after every epoch; a later call with
+    With `state_path`, the whole training state is saved there after every epoch (or every
+    `cfg.state_every` seconds, resume.EverySeconds); a later call with
     the same params, inputs and device set-up resumes from it (bit-exact on the CPU), and a completed
     run removes it. Under torchrun (several processes) only rank 0 writes, prints and calls
     `on_epoch`, and rank 0 alone decides whether to resume (the others receive its state).
@@ -341,10 +356,9 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
                       mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
                       ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
                       clip_grad_norm=cfg.clip_grad_norm, precise_bn=cfg.precise_bn,
-                      # Training images in file order, centre-cropped, never augmented: no random number is drawn.
-                      bn_batches=make_val_batches(open_split(decoded_dir, "train", train_frame["path"],
-                                                             cfg.input_size), train_frame["target"],
-                                                  cfg.batch_size, device, world))
+                      bn_batches=make_bn_batches(open_split(decoded_dir, "train", train_frame["path"],
+                                                            cfg.input_size), train_frame["target"],
+                                                 cfg.batch_size, device, world, cfg.seed))
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
@@ -356,7 +370,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
         resume_from = world.broadcast(load_state(state_path, fingerprint) if world.is_main else None)
         if resume_from is not None:
             say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
-        writer = StateWriter(state_path, fingerprint) if world.is_main else None
+        writer = EverySeconds(StateWriter(state_path, fingerprint), cfg.state_every) if world.is_main else None
     try:
         result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
                      freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch if world.is_main else lambda metrics: None,
@@ -419,4 +433,23 @@ def open_live(directory: str | os.PathLike):
                 pass
 
     return StageLive(directory, dvcyaml=False, save_dvc_exp=False)
+
+
+class DeferredLive:
+    """open_live(directory), opened on first use: DVCLive's import and set-up (~0.4 s) come after the
+    first epoch instead of before the first step. Used as a context manager, like Live itself."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory, self.opened = directory, None
+
+    def __getattr__(self, name: str):
+        if self.opened is None:
+            self.opened = open_live(self.directory).__enter__()  # as `with` would: end() waits for __exit__
+        return getattr(self.opened, name)
+
+    def __enter__(self) -> "DeferredLive":
+        return self
+
+    def __exit__(self, *exc_info):
+        return None if self.opened is None else self.opened.__exit__(*exc_info)
 

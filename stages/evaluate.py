@@ -8,6 +8,7 @@ from imgclf.config import load_section
 from imgclf.errors import stage_main
 from imgclf.evaluate import EvaluateConfig, evaluate_model
 from imgclf.plots import mistakes_gallery, per_class_frame, save_png
+from imgclf.startup import preload
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def main() -> None:
     """Parse paths, load params.yaml's `evaluate` section, evaluate, write the reports."""
     args = build_parser().parse_args()
     cfg = load_section(args.params, "evaluate", EvaluateConfig)
+    preload("sklearn.metrics")  # needed once the model has run on the test set: imported meanwhile
     split = Path(args.split)
     result = evaluate_model(args.model, split / "test.csv", split / "classes.json", cfg)
     metrics = result.metrics

@@ -10,7 +10,8 @@ from imgclf.config import load_section
 from imgclf.distributed import World, launch
 from imgclf.errors import stage_main
 from imgclf.split_files import read_classes
-from imgclf.train import TrainConfig, open_live, train_model, training_device
+from imgclf.startup import preload
+from imgclf.train import DeferredLive, TrainConfig, train_model, training_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="models/model.pt", help="output: best model checkpoint")
     parser.add_argument("--live", default="dvclive", help="output: DVCLive metrics and plots folder")
     parser.add_argument("--state", default=".cache/train_state.pt",
-                        help="the training state saved after every epoch, to resume an interrupted run from "
-                             "(not a DVC output: DVC deletes those before a stage runs; removed when done)")
+                        help="the training state, saved every train.state_every seconds (at most every epoch), to "
+                             "resume an interrupted run from (not a DVC output: DVC deletes those before a stage "
+                             "runs; removed when done)")
     return parser
 
 
-@stage_main(interrupted="its progress is saved after every epoch: rerun `dvc repro` to resume")
+@stage_main(interrupted="its progress is saved every train.state_every seconds (at most after every epoch): "
+                        "rerun `dvc repro` to resume")
 def main() -> None:
     """Parse paths, load params.yaml's `train` section, train, log epochs with DVCLive, save the best model."""
     args = build_parser().parse_args()
@@ -42,13 +45,16 @@ def main() -> None:
         training_device(cfg, World(0, cfg.nproc_per_node, 0, cfg.nproc_per_node))
         # This process becomes torchrun (torch's elastic launcher) for nproc_per_node copies of itself.
         sys.exit(launch(cfg.nproc_per_node, "stages.train", sys.argv[1:], root=Path(__file__).resolve().parents[1]))
+    # What only the first epoch's end needs (validation F1, DVCLive) is imported while training starts.
+    preload("sklearn.metrics", *(("dvclive", "scmrepo.exceptions") if world.is_main else ()))
     if not world.is_main:  # only rank 0 logs (and writes); the others train and validate their shards
         train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights, args.model,
                     state_path=args.state)
         return
 
-    # dvc.yaml is written by hand and declares these metrics and plots itself.
-    with open_live(args.live) as live:
+    # dvc.yaml is written by hand and declares these metrics and plots itself. DVCLive is set up
+    # when the first epoch is logged, not before training.
+    with DeferredLive(args.live) as live:
         def log_epoch(metrics: dict) -> None:
             for name in ("train_loss", "val_loss", "val_f1", "lr"):
                 live.log_metric(name, metrics[name])

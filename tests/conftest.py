@@ -76,6 +76,40 @@ def new_project(repo: Path, pipeline: dict) -> None:
     sh([DVC, "config", "core.analytics", "false"], repo)
 
 
+ALL_STAGES = ("demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict")
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory) -> Path:
+    """One clone-like project shared by the e2e tests that need the demo pipeline after a full `dvc repro`:
+    tiny params, the repository's .dvc/config and .dvc/plots, every stage run once, all committed.
+
+    Read it only: a test that runs anything in a project takes its own copy with `copy_project` (one
+    `dvc repro` of all 8 stages for the whole session instead of one per test module).
+    """
+    from imgclf.template import PIPELINE
+
+    repo = tmp_path_factory.mktemp("demo-project")
+    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
+    set_params(repo, TINY)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "pipeline"], repo)
+    result = sh([DVC, "repro"], repo)
+    for stage in ALL_STAGES:
+        assert f"Running stage '{stage}'" in result.stdout, result.stdout
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+def copy_project(project: Path, to: Path) -> Path:
+    """A copy of a git + DVC project (its cache and history too) at `to`, to change freely."""
+    shutil.copytree(project, to, symlinks=True)
+    return to
+
+
 def write_png(path: Path, value: int, size: int = 16) -> Path:
     """Write a small RGB PNG whose pixels encode `value` (so classes are learnable and distinct)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,14 +220,18 @@ def run_stage(name: str, *args: str, cwd: Path | None = None, subprocess_run: bo
     return code, stdout.getvalue(), stderr.getvalue()
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """data/raw with classes a (12 images), b (8) and c (5)."""
-    root = tmp_path / "raw"
+def make_image_folder(root: Path) -> Path:
+    """The `image_folder` fixture's images at `root`."""
     for label, count in (("a", 12), ("b", 8), ("c", 5)):
         for i in range(count):
             write_png(root / label / f"{label}{i:02d}.png", "abc".index(label) * 100 + i)
     return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """data/raw with classes a (12 images), b (8) and c (5)."""
+    return make_image_folder(tmp_path / "raw")
 
 
 @pytest.fixture
@@ -214,6 +252,11 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 @pytest.fixture
 def prepared(tmp_path: Path, image_folder: Path) -> Path:
     """What the train stage reads, on disk: split/*.csv, classes.json, weights.json, decoded/ at 16 px."""
+    return prepare_inputs(tmp_path, image_folder)
+
+
+def prepare_inputs(tmp_path: Path, image_folder: Path) -> Path:
+    """The `prepared` fixture's files under `tmp_path`, from the images of `image_folder`."""
     from imgclf.artifacts import write_json
     from imgclf.compute_weights import weights_document
     from imgclf.decode import decode_split
@@ -240,5 +283,6 @@ def tiny_train_config(**changes):
                  weight_decay=1e-5, scheduler="step", step_size=7, gamma=0.1, warmup_epochs=0, freeze_epochs=0,
                  label_smoothing=0.0, patience=5, monitor="val_loss", dropout=0.2, balance="sampler",
                  precision="fp32", compile=False, seed=42, device="cpu", mixup_alpha=0.0, cutmix_alpha=0.0,
-                 ema_decay=0.0, clip_grad_norm=0.0, norm_weight_decay=None, backbone_lr_factor=1.0, precise_bn="auto")
+                 ema_decay=0.0, clip_grad_norm=0.0, norm_weight_decay=None, backbone_lr_factor=1.0, precise_bn="auto",
+                 state_every=0)  # the resume state after every epoch: the resume tests kill runs at given epochs
     return dataclasses.replace(cfg, **{**fixed, **changes})

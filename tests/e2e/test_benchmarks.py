@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from benchmarks import gpu, imbalance, predict, resume, scale, split, train, weights
 from benchmarks.common import Table
 
@@ -70,7 +72,26 @@ def test_imbalance_study_runs_one_tiny_configuration():
 
 def test_resume_benchmark():
     table = resume.main(["--epochs", "2", "--rounds", "1", "--demo-per-class", "25"])
-    assert len(table.rows) == 3 and not table.rows[-1][2].strip().startswith("0.0")
+    assert len(table.rows) == 4 and not table.rows[-1][2].strip().startswith("0.0")
+
+
+def test_first_run_benchmark_times_both_sides_and_each_phase():
+    from benchmarks import first_run
+
+    table = first_run.main(["--photos", "24", "--epochs", "1", "--rounds", "1"])
+    rows = {what: value for _, what, value in table.rows}
+    train = next(value for what, value in rows.items() if what.startswith("train stage"))
+    assert all(phase in train for phase in ("import", "set-up", "first step", "epochs", "done", "exit"))
+    assert sum(what.endswith("stage (now), seconds") for what in rows) == 4
+
+
+def test_cpu_bf16_benchmark_refuses_in_one_line_without_native_bf16(monkeypatch, capsys):
+    from benchmarks import cpu_bf16
+
+    monkeypatch.setattr(cpu_bf16, "cpu_native_bf16", lambda: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cpu_bf16.main([])
+    assert "no native bf16" in str(exit_info.value) and "\n" not in str(exit_info.value)
 
 
 def test_ddp_freeze_benchmark_times_both_mechanisms():

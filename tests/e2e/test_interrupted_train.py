@@ -1,6 +1,7 @@
 """The real train stage killed (SIGKILL) or interrupted (Ctrl-C) and rerun: it resumes, bit-identical."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,18 +15,29 @@ import torch
 import yaml
 
 from imgclf.template import PARAMS
-from tests.conftest import ROOT, write_png
+from tests.conftest import ROOT, make_image_folder, prepare_inputs, write_png
 
 EPOCHS = 6
 
 
-@pytest.fixture
-def workdir(prepared):
-    """The prepared inputs plus a params.yaml training resnet18 for 6 epochs on the CPU."""
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The prepared inputs plus a params.yaml training resnet18 for 6 epochs on the CPU, and in reference/ a run
+    of them never interrupted: built once for the module (the CPU training is deterministic)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    prepare_inputs(root, make_image_folder(root / "raw"))
     params = yaml.safe_load(PARAMS.read_text())
-    params["train"].update(batch_size=8, epochs=EPOCHS, patience=3, device="cpu", lr=0.002)
-    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
-    return prepared
+    params["train"].update(batch_size=8, epochs=EPOCHS, patience=3, device="cpu", lr=0.002,
+                           state_every=0)  # the state after every epoch: the tests kill at given epochs
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    finish(start(root, "reference"))
+    return root
+
+
+@pytest.fixture
+def workdir(inputs, tmp_path):
+    """This test's own copy of the inputs (and of the reference run)."""
+    return Path(shutil.copytree(inputs, tmp_path / "work"))
 
 
 def start(workdir: Path, name: str) -> subprocess.Popen:
@@ -61,11 +73,10 @@ def outcome(run_dir: Path) -> tuple[dict, dict, dict]:
     return weights, summary, history
 
 
-@pytest.fixture
-def reference(workdir):
-    """A run never interrupted."""
-    finish(start(workdir, "reference"))
-    return outcome(workdir / "reference")
+@pytest.fixture(scope="module")
+def reference(inputs):
+    """A run never interrupted: one for the module, the same for every test (they compare bit for bit)."""
+    return outcome(inputs / "reference")
 
 
 def assert_same_as(reference, run_dir: Path) -> None:

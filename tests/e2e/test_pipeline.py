@@ -9,23 +9,16 @@ import pytest
 import yaml
 
 from imgclf.template import PIPELINE
-from tests.conftest import DVC, TINY, new_project, set_params, sh, stale_stages, touch
+from tests.conftest import DVC, TINY, copy_project, new_project, set_params, sh, stale_stages, touch
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro`."""
-    repo = tmp_path_factory.mktemp("project")
-    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
-    set_params(repo, TINY)
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "pipeline"], repo)
-    result = sh([DVC, "repro"], repo)
-    for stage in ("demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"):
-        assert f"Running stage '{stage}'" in result.stdout
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "baseline"], repo)
-    return repo
+def repo(demo_project, tmp_path_factory):
+    """A git + DVC repository with the pipeline, tiny params, and one committed `dvc repro` of every stage:
+    this module's own copy of the session's demo project (its tests change it)."""
+    return copy_project(demo_project, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 def test_repro_writes_every_artifact(repo):

@@ -5,14 +5,13 @@ each of dvc.yaml's nine plots from it. The same browser check run on DVC's defau
 finds the Vega plots blank, which shows that the check can fail.
 """
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from imgclf.template import PIPELINE
-from tests.conftest import DVC, TINY, new_project, set_params, sh
+from tests.conftest import DVC, copy_project, sh
 from tests.plots_page import chromium, remote_references, render_offline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,18 +19,10 @@ PLOTS = yaml.safe_load(PIPELINE.read_text())["plots"]
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A clone-like project (the repository's .dvc/config and .dvc/plots) after `dvc repro evaluate` on tiny params:
-    every file the plots read, without the export and predict stages."""
-    repo = tmp_path_factory.mktemp("plots")
-    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
-    set_params(repo, TINY)
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "pipeline"], repo)
-    sh([DVC, "repro", "evaluate"], repo)
-    return repo
+def repo(demo_project, tmp_path_factory):
+    """A clone-like project (the repository's .dvc/config and .dvc/plots) after `dvc repro` on tiny params: every
+    file the plots read. A copy of the session's demo project, as `dvc plots show` writes into it."""
+    return copy_project(demo_project, tmp_path_factory.mktemp("plots") / "project")
 
 
 @pytest.fixture(scope="module")

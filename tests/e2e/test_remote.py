@@ -4,18 +4,15 @@ import json
 
 import yaml
 
-from imgclf.template import PIPELINE
-from tests.conftest import DVC, TINY, new_project, set_params, sh
+from tests.conftest import DVC, copy_project, sh
 
 
-def test_push_clone_pull_gives_an_up_to_date_pipeline_and_the_same_model(tmp_path):
+def test_push_clone_pull_gives_an_up_to_date_pipeline_and_the_same_model(tmp_path, demo_project):
     origin, storage, repo, clone = (tmp_path / n for n in ("origin.git", "storage", "alice", "bob"))
     sh(["git", "init", "-q", "--bare", str(origin)], tmp_path)
-    repo.mkdir()
-    new_project(repo, yaml.safe_load(PIPELINE.read_text()))
-    set_params(repo, TINY)
+    copy_project(demo_project, repo)  # the pipeline after a full `dvc repro` on tiny params
     sh([DVC, "remote", "add", "-d", "storage", str(storage)], repo)
-    sh([DVC, "repro"], repo)
+    assert "Running stage" not in sh([DVC, "repro"], repo).stdout  # the copy is up to date
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline and results"], repo)
     sh(["git", "remote", "add", "origin", str(origin)], repo)

@@ -88,8 +88,9 @@ def test_a_training_epoch_never_waits_for_the_gpu():
     run = TrainingRun(model=model, train_batches=batches, val_batches=[], prepare=prepare,
                       criterion=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
                       scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 7), device=device, precision=precision,
-                      augment=BatchRandomAffine(AugmentConfig(hflip=True, rotation=10, translate=0.1, scale=0.1),
-                                                prepare.fill(), generator))
+                      augment=BatchRandomAffine(AugmentConfig(hflip=True, rotation=10, translate=0.1, scale=0.1,
+                                                              crop_scale=1.0, crop_ratio=4 / 3, policy="none",
+                                                              erasing=0.0), prepare.fill(), generator))
     train_epoch_on_device(run)  # warm-up: cuDNN autotuning and the allocators may synchronise once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

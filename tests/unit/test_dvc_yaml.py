@@ -23,36 +23,65 @@ CONFIGS = {"demo": "DemoConfig", "split": "SplitConfig", "decode": "DecodeConfig
            "export": "ExportConfig", "predict": "PredictConfig"}
 TORCH_FREE = ["demo", "split", "decode", "compute_weights"]
 
-# Runs a stage exactly as dvc.yaml does (`python -m stages.<name>`, here with --help so that it stops
-# after its imports) and reports the project files it loaded and whether torch came with them.
-IMPORTED = """
-import contextlib, io, json, runpy, sys
-sys.argv = ["stage", "--help"]
-try:
-    with contextlib.redirect_stdout(io.StringIO()):
-        runpy.run_module("stages.{name}", run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
-# Modules a stage imports only for some inputs (predict: torch for model.pt, onnxruntime for .onnx).
-import importlib
-for lazy in getattr(sys.modules.get("imgclf.{name}"), "LAZY_IMPORTS", ()):
-    importlib.import_module(lazy)
-files = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in ("imgclf", "stages")]
-print(json.dumps({{"files": files, "torch": "torch" in sys.modules}}))
+# One process probes every stage: for each, a forked child runs the stage exactly as dvc.yaml does
+# (`python -m stages.<name>`, here with --help so that it stops after its imports) and reports the project
+# files it loaded and whether torch came with them. The stages without a model are probed first, before
+# the parent has imported torch; then the parent imports the heavy third-party libraries once (torch's
+# import costs seconds of CPU per process) and the other stages are probed from it. A third-party module
+# loaded in advance cannot change which project files a stage imports; for those stages "torch" is None.
+PROBE = """
+import contextlib, importlib, io, json, os, runpy, sys, traceback
+
+def probe(name, torch_preloaded):
+    sys.argv = ["stage", "--help"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_module("stages." + name, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+    # Modules a stage imports only for some inputs (predict: torch for model.pt, onnxruntime for .onnx).
+    for lazy in getattr(sys.modules.get("imgclf." + name), "LAZY_IMPORTS", ()):
+        importlib.import_module(lazy)
+    files = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in ("imgclf", "stages")]
+    return {"files": files, "torch": None if torch_preloaded else "torch" in sys.modules}
+
+def forked(name, torch_preloaded):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            payload = json.dumps(probe(name, torch_preloaded))
+        except BaseException:
+            payload = json.dumps({"error": traceback.format_exc()})
+        with os.fdopen(write, "w") as out:
+            out.write(payload)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as got:
+        payload = got.read()
+    os.waitpid(pid, 0)
+    return json.loads(payload)
+
+import numpy, PIL.Image, yaml, tqdm  # shared by every stage
+found = {name: forked(name, False) for name in %(light)r}
+assert "torch" not in sys.modules and not any(n.split(".")[0] in ("imgclf", "stages") for n in sys.modules)
+import torch, torchvision, pandas, sklearn.metrics, onnxruntime
+found.update({name: forked(name, True) for name in %(heavy)r})
+print(json.dumps(found))
 """
 
 
 @functools.cache
 def all_stage_imports() -> dict[str, dict]:
-    """stage_imports of every stage, probed by processes started together: each pays torch's import
-    (seconds), so side by side on several cores they take a fraction of their one-after-another time."""
-    probes = {name: subprocess.Popen([sys.executable, "-c", IMPORTED.format(name=name)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=ROOT) for name in STAGES}
-    found = {}
-    for name, probe in probes.items():
-        out, err = probe.communicate()
-        assert probe.returncode == 0, err
-        found[name] = json.loads(out)
+    """stage_imports of every stage, from one probing process (see PROBE)."""
+    heavy = [name for name in STAGES if name not in TORCH_FREE]
+    done = subprocess.run([sys.executable, "-c", PROBE % {"light": TORCH_FREE, "heavy": heavy}], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    for name in STAGES:
+        assert "error" not in found[name], found[name]["error"]
         found[name]["files"] = {Path(f).resolve().relative_to(ROOT).as_posix() for f in found[name]["files"]}
     return found
 

@@ -122,7 +122,8 @@ def test_model_input_normalises_on_the_device():
 
 
 def affine(generator_seed=0, **changes):
-    cfg = AugmentConfig(**{"hflip": False, "rotation": 0, "translate": 0, "scale": 0, **changes})
+    cfg = AugmentConfig(**{"hflip": False, "rotation": 0, "translate": 0, "scale": 0, "crop_scale": 1.0,
+                           "crop_ratio": 4 / 3, "policy": "none", "erasing": 0.0, **changes})
     fill = torch.full((1, 3, 1, 1), 9.0)
     return BatchRandomAffine(cfg, fill, torch.Generator().manual_seed(generator_seed))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imgclf import train as train_module
-from imgclf.resume import FORMAT, StateWriter
+from imgclf.resume import FORMAT, EverySeconds, StateWriter
 from imgclf.train import train_model
 from tests.conftest import tiny_train_config
 
@@ -47,7 +47,7 @@ SETTINGS = {
     "onecycle": {"scheduler": "onecycle", "warmup_epochs": 1},
     "freeze_smoothing": {"freeze_epochs": 2, "label_smoothing": 0.1, "optimizer": "sgd"},
     "val_f1_loss_balance": {"monitor": "val_f1", "balance": "loss", "optimizer": "adamw"},
-    "early_stop": {"patience": 1, "lr": 0.05},
+    "early_stop": {"patience": 1, "lr": 0.05, "epochs": 5},
     # Every part of the photo recipe: its random draws and the EMA must resume exactly too.
     "photo_recipe": {"augment": dataclasses.replace(tiny_train_config().augment, hflip=True, crop_scale=0.5,
                                                     policy="trivial_wide", erasing=0.25),
@@ -61,7 +61,8 @@ MATRIX = [pytest.param(name, marks=() if name == "step" else pytest.mark.e2e) fo
 
 @pytest.mark.parametrize("setting", MATRIX)
 def test_resume_after_a_kill_is_bit_identical(prepared, setting):
-    cfg = tiny_train_config(epochs=5, **SETTINGS[setting])
+    # Killed after epoch 2 of 3: two epochs replayed, one trained after the resume (5 where it stops early).
+    cfg = tiny_train_config(**{"epochs": 3, **SETTINGS[setting]})
     state = prepared / ".cache/train_state.pt"
     plain, plain_log = run(prepared, cfg, "plain")  # no state file at all
     with pytest.raises(Killed):
@@ -173,3 +174,46 @@ def test_a_cpu_runs_state_met_on_cuda_starts_fresh_and_says_why(prepared, capsys
     on_gpu = Fingerprint(saved["params"], saved["inputs"], {"device": "cuda", "autocast": "bfloat16"})
     assert load_state(state, on_gpu) is None
     assert "device (cpu -> cuda), autocast (float32 -> bfloat16) changed" in capsys.readouterr().out
+
+
+class FakeClock:
+    """A clock the test moves: `epoch(seconds)` is one epoch of training."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def saved_epochs(seconds, epoch_lengths):
+    clock, saved = FakeClock(), []
+    every = EverySeconds(lambda state: saved.append(state["epoch"]), seconds, clock=clock)
+    for epoch, length in enumerate(epoch_lengths, start=1):
+        clock.now += length
+        every({"epoch": epoch})
+    return saved
+
+
+def test_state_every_saves_short_epochs_on_an_interval_and_long_ones_every_epoch():
+    # 0: every epoch, whatever their length.
+    assert saved_epochs(0, [0.1] * 5) == [1, 2, 3, 4, 5]
+    # 10 s epochs, 30 s interval: saved when one more epoch would pass 30 s since the last save
+    # (epochs 3, 6, 9 at 30, 60, 90 s): a kill loses at most 30 s.
+    assert saved_epochs(30, [10] * 9) == [3, 6, 9]
+    # Epochs longer than half the interval: every epoch (waiting for the next would lose more).
+    assert saved_epochs(30, [16] * 4) == [1, 2, 3, 4]
+    assert saved_epochs(30, [100] * 3) == [1, 2, 3]
+    # Epochs that grow: the last one's length is the estimate of the next.
+    assert saved_epochs(30, [5, 5, 5, 20, 20]) == [4, 5]
+
+
+def test_the_train_stage_saves_its_state_on_the_interval(prepared):
+    saves = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StateWriter, "__call__", lambda writer, state: saves.append(state["epoch"]))
+        run(prepared, tiny_train_config(epochs=2, state_every=0), "every", prepared / "a.pt")
+        assert saves == [1, 2]
+        saves.clear()
+        run(prepared, tiny_train_config(epochs=2, state_every=1e6), "interval", prepared / "b.pt")
+        assert saves == []  # two short epochs: a kill would lose less than the interval
