@@ -112,3 +112,10 @@ def test_scale_benchmark_measures_growth_disk_and_the_data_path(tmp_path):
     assert f"reused {decoded}," in grown  # nothing decoded twice
     ratio = values["150: after +1%: decoded data on disk (workspace + DVC cache, all versions) / one copy"]
     assert float(ratio.split("=")[1].strip().rstrip("x")) < 1.15
+
+
+def test_augment_benchmark_times_each_batched_op_against_torchvision():
+    from benchmarks import augment
+
+    table = augment.main(["--sizes", "16", "--batch", "4", "--repeats", "1"])
+    assert table.rows and all(row[2] for row in table.rows)
