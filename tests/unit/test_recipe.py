@@ -229,6 +229,7 @@ def train_colours(root, model_path, **changes):
                        ["blue", "green", "red"], [1.0, 1.0, 1.0], model_path)
 
 
+@pytest.mark.e2e  # three 6-epoch trainings: the full suite's, not the fast tier's
 def test_mobilenet_v3_learns_with_precise_bn_and_is_refused_without(colours, tmp_path):
     from imgclf.errors import TrainingError
 
