@@ -52,7 +52,9 @@ def refuse_if_learned_nothing(model_path: str | os.PathLike, meta: dict, predict
     reason = None
     if len(targets) >= MIN_IMAGES:
         reason = learned_nothing(float("-inf"), 0.0, predicted, targets, classes)
-    if reason is None and meta.get("val_loss_calibrated", float("-inf")) >= meta.get("prior_loss", float("inf")):
+    # The train stage's verdict counts only where it could judge (it kept a model of fewer val images, warning).
+    judged = meta.get("val_images", 0) >= MIN_IMAGES
+    if reason is None and judged and meta["val_loss_calibrated"] >= meta["prior_loss"]:
         reason = learned_nothing(meta["val_loss_calibrated"], meta["prior_loss"], [], [], classes)
     if reason is not None:
         raise DataError(f"{model_path}: this model learned nothing ({reason}); no test metrics are published "

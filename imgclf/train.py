@@ -403,7 +403,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                         epochs_run=result.epochs_run, temperature=result.temperature,
-                        val_loss_calibrated=val_loss, prior_loss=prior)
+                        val_loss_calibrated=val_loss, prior_loss=prior, val_images=len(val_targets))
     say(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
         f"{result.calibration.describe()}; "
         f"wrote {model_path}")

@@ -244,3 +244,18 @@ def test_mobilenet_v3_learns_with_precise_bn_and_is_refused_without(colours, tmp
                               precise_bn="auto")
     assert min(h["val_loss"] for h in mobilenet.history) < math.log(3) - 0.3  # within resnet18's epochs
     assert max(h["val_f1"] for h in mobilenet.history) > 0.8 and (tmp_path / "precise.pt").exists()
+
+
+def test_evaluate_refuses_a_model_that_learned_nothing_where_it_can_tell():
+    from imgclf.errors import DataError
+    from imgclf.evaluate import refuse_if_learned_nothing
+
+    classes, varied = ["a", "b"], [0, 1] * 10
+    bad = {"val_loss_calibrated": 0.70, "prior_loss": 0.69}
+    refuse_if_learned_nothing("m.pt", {**bad, "val_images": 19}, varied, varied, classes)  # train only warned
+    refuse_if_learned_nothing("m.pt", {}, varied, varied, classes)  # a model.pt from before the check
+    with pytest.raises(DataError, match="m.pt: this model learned nothing .*no better than 0.6900"):
+        refuse_if_learned_nothing("m.pt", {**bad, "val_images": 20}, varied, varied, classes)
+    with pytest.raises(DataError, match="predicts class 'b' for every one of the 20 images"):
+        refuse_if_learned_nothing("m.pt", {}, [1] * 20, varied, classes)
+    refuse_if_learned_nothing("m.pt", {}, [1] * 19, varied[:19], classes)  # too few test images to tell
