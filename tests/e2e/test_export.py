@@ -123,11 +123,11 @@ def test_onnx_predict_never_imports_torch_and_needs_only_the_predict_requirement
     params = yaml.safe_load(PARAMS.read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     code = f"""
-import runpy, sys, json
+import importlib, sys, json
 sys.argv = ["predict", "--params", {str(tmp_path / 'params.yaml')!r}, "--model", {str(tmp_path / 'model.onnx')!r},
             "--input", {str(tmp_path / 'img')!r}, "--output", {str(tmp_path / 'out.csv')!r}]
-try:
-    runpy.run_module("stages.predict", run_name="__main__", alter_sys=True)
+try:  # main() called, not run as the program: the stage then returns here instead of leaving at once
+    importlib.import_module("stages.predict").main()
 except SystemExit as exit_:
     assert not exit_.code, exit_.code
 print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
