@@ -10,6 +10,7 @@ Detectron2's precise BN, torch.optim.swa_utils.update_bn) fixes that at the cost
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable
 
 import torch
@@ -55,6 +56,7 @@ def recompute_statistics(model: nn.Module, batches: Iterable, prepare: Callable[
         return 0
     was_training = model.training
     momenta = [layer.momentum for layer in layers]
+    saved = [copy.deepcopy(layer.state_dict()) for layer in layers]
     model.eval()
     for layer in layers:
         layer.reset_running_stats()
@@ -63,10 +65,13 @@ def recompute_statistics(model: nn.Module, batches: Iterable, prepare: Callable[
     seen = 0
     try:
         for images, _ in batches:
-            model(prepare(images))
-            seen += len(images)
+            if len(images) > 1:  # training-mode BatchNorm cannot normalise a batch of one image
+                model(prepare(images))
+                seen += len(images)
     finally:
-        for layer, momentum in zip(layers, momenta):
+        for layer, momentum, state in zip(layers, momenta, saved):
             layer.momentum = momentum
+            if not seen:  # nothing to average: keep the running statistics as they were
+                layer.load_state_dict(state)
         model.train(was_training)
     return seen

@@ -236,7 +236,8 @@ def make_bn_batches(images: np.ndarray, targets: Sequence[int], batch_size: int,
     """
     order = np.random.default_rng(seed).permutation(len(targets))
     positions = [int(order[i]) for i in shard(len(targets), world)]
-    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, False),
+    drop_last = len(positions) % batch_size == 1 and len(positions) > 1  # a batch of one: as make_train_batches
+    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, drop_last),
                           pin_memory=device.type == "cuda")
 
 

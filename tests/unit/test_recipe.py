@@ -259,3 +259,13 @@ def test_evaluate_refuses_a_model_that_learned_nothing_where_it_can_tell():
     with pytest.raises(DataError, match="predicts class 'b' for every one of the 20 images"):
         refuse_if_learned_nothing("m.pt", {}, [1] * 20, varied, classes)
     refuse_if_learned_nothing("m.pt", {}, [1] * 19, varied[:19], classes)  # too few test images to tell
+
+
+def test_precise_bn_skips_single_image_batches_and_keeps_the_statistics_without_any():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    before = net[1].running_mean.clone()
+    assert recompute_statistics(net, [(torch.rand(1, 3, 1, 1), torch.zeros(1))], lambda x: x) == 0
+    assert torch.equal(net[1].running_mean, before) and net[1].momentum == 0.1
+    data = [(torch.rand(4, 3, 1, 1), torch.zeros(4)), (torch.rand(1, 3, 1, 1), torch.zeros(1))]
+    assert recompute_statistics(net, data, lambda x: x) == 4
