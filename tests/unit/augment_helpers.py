@@ -1,8 +1,19 @@
-"""What the batched-augmentation tests share: photo-like images and two distribution tests without scipy."""
+"""What the batched-augmentation tests share: photo-like images, two distribution tests without scipy, one thread."""
 
 import math
 
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (autouse where imported): on a loaded 2-core machine every OpenMP region of 2 threads can
+    wait ~50 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def photos(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

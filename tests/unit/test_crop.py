@@ -8,16 +8,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from imgclf.crop import ATTEMPTS, BatchRandomResizedCrop
-from tests.unit.augment_helpers import ks_same, photos
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine every OpenMP region of 2 threads can wait ~50 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.augment_helpers import ks_same, one_thread, photos  # noqa: F401 (autouse fixture)
 
 RATIO = (3 / 4, 4 / 3)
 

@@ -7,16 +7,7 @@ import torch
 from torchvision.transforms import v2
 
 from imgclf.erasing import ATTEMPTS, BatchRandomErasing
-from tests.unit.augment_helpers import ks_same, photos
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine every OpenMP region of 2 threads can wait ~50 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.augment_helpers import ks_same, one_thread, photos  # noqa: F401 (autouse fixture)
 
 SCALE, RATIO = (0.02, 0.33), (0.3, 3.3)
 

@@ -7,16 +7,7 @@ import torch
 from torchvision.transforms import v2
 
 from imgclf.policy import CHOSEN, INDEX, OPS, BatchAugmentPolicy, magnitude_table
-from tests.unit.augment_helpers import chi_square_fits, photos
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine every OpenMP region of 2 threads can wait ~50 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.augment_helpers import chi_square_fits, one_thread, photos  # noqa: F401 (autouse fixture)
 
 TORCHVISION = {"trivial_wide": v2.TrivialAugmentWide, "randaugment": v2.RandAugment, "autoaugment": v2.AutoAugment}
 BINS = {"trivial_wide": 31, "randaugment": 31, "autoaugment": 10}
