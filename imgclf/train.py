@@ -306,11 +306,11 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     # Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
     generator = seed_everything(cfg.seed + world.rank)
     train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
-    train_images = open_split(decoded_dir, "train", train_frame["path"], cfg.input_size)  # N x 3 x I x I, checked
-    image_size = train_images.shape[-1]
-    if cfg.augment.crop_scale < 1:
-        # A random resized crop takes its boxes from the whole stored image and resizes them to image_size.
-        train_images = open_split(decoded_dir, "train", train_frame["path"], 0)
+    cropped_train = open_split(decoded_dir, "train", train_frame["path"], cfg.input_size)  # N x 3 x I x I, checked
+    image_size = cropped_train.shape[-1]
+    # A random resized crop takes its boxes from the whole stored image and resizes them to image_size.
+    train_images = open_split(decoded_dir, "train", train_frame["path"], 0) if cfg.augment.crop_scale < 1 \
+        else cropped_train
     train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
                                        class_weights, generator, device, world, cfg.seed)
     val_images = open_split(decoded_dir, "val", val_frame["path"], cfg.input_size)
@@ -357,9 +357,8 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
                       mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
                       ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
                       clip_grad_norm=cfg.clip_grad_norm, precise_bn=cfg.precise_bn,
-                      bn_batches=make_bn_batches(open_split(decoded_dir, "train", train_frame["path"],
-                                                            cfg.input_size), train_frame["target"],
-                                                 cfg.batch_size, device, world, cfg.seed))
+                      bn_batches=make_bn_batches(cropped_train, train_frame["target"], cfg.batch_size, device,
+                                                 world, cfg.seed))
     resume_from, writer = None, None
     if state_path is not None:
         fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
