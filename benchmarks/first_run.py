@@ -107,6 +107,12 @@ def first_run(project: Project) -> float:
     return sum(project.dvc_run("repro", "-s", stage) for stage in ("split", "decode", "compute_weights", "train"))
 
 
+def best_val_f1(repo: Path) -> float:
+    """The train stage's best epoch's validation F1, from its DVCLive history."""
+    rows = (repo / "dvclive/plots/metrics/val_f1.tsv").read_text().splitlines()[1:]
+    return max(float(row.split("\t")[-1]) for row in rows)
+
+
 def main(argv: list[str] | None = None) -> Table:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=600, help="1024x768 JPEGs")
@@ -125,18 +131,21 @@ def main(argv: list[str] | None = None) -> Table:
                         "device": "cpu"},
               **{stage: {"device": "cpu"} for stage in ("evaluate", "predict")}}
     times: dict[str, list[float]] = {"classic": [], "floor": []}
+    f1s: dict[str, list[float]] = {}  # best epoch's validation F1 (weighted), each side on its own split
     phases: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         work = Path(tmp)
         write_photos(work / "photos", args.photos, 1024, 768)
         for _ in range(args.rounds):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "benchmarks.classic_first_run", str(work / "photos"),
-                            str(work / "classic.pt"), "--epochs", str(args.epochs), "--image-size",
-                            str(args.image_size), "--batch-size", str(args.batch_size)], cwd=root, check=True,
-                           capture_output=True)
+            classic = subprocess.run([sys.executable, "-m", "benchmarks.classic_first_run", str(work / "photos"),
+                                      str(work / "classic.pt"), "--epochs", str(args.epochs), "--image-size",
+                                      str(args.image_size), "--batch-size", str(args.batch_size)], cwd=root,
+                                     check=True, capture_output=True, text=True)
             times["classic"].append(time.perf_counter() - start)
-            print(f"classic script: {times['classic'][-1]:.1f} s", flush=True)
+            f1s.setdefault("classic", []).append(max(float(line.split("val_f1")[1]) for line in
+                                                     classic.stdout.splitlines() if "val_f1" in line))
+            print(f"classic script: {times['classic'][-1]:.1f} s, best val F1 {f1s['classic'][-1]:.4f}", flush=True)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
             times["floor"].append(time.perf_counter() - start)
@@ -144,7 +153,8 @@ def main(argv: list[str] | None = None) -> Table:
             for name, code in variants.items():
                 project = make_project(work / f"repo_{name}", code, work / "photos", params)
                 times.setdefault(name, []).append(first_run(project))
-                print(f"first run ({name}): {times[name][-1]:.1f} s", flush=True)
+                f1s.setdefault(name, []).append(best_val_f1(project.repo))
+                print(f"first run ({name}): {times[name][-1]:.1f} s, best val F1 {f1s[name][-1]:.4f}", flush=True)
                 stages = yaml.safe_load((project.repo / "dvc.yaml").read_text())["stages"]
                 for stage in ("train", "evaluate", "export", "predict"):
                     phases.setdefault((name, stage), []).append(
@@ -154,10 +164,12 @@ def main(argv: list[str] | None = None) -> Table:
     table = Table()
     label = f"{args.photos} photos 1024x768, resnet18, {args.image_size} px, batch {args.batch_size}, " \
             f"{args.epochs} epochs, median of {args.rounds}"
-    table.add("first run", f"{label}: classic script, one process", f"{med['classic']:6.1f} s")
+    f1 = {name: statistics.median(values) for name, values in f1s.items()}
+    table.add("first run", f"{label}: classic script, one process",
+              f"{med['classic']:6.1f} s  (best val F1 {f1['classic']:.4f})")
     for name in variants:
         table.add("first run", f"{label}: `dvc repro -s` split, decode, compute_weights, train ({name})",
-                  f"{med[name]:6.1f} s  ({med['classic'] / med[name]:.2f}x classic)")
+                  f"{med[name]:6.1f} s  ({med['classic'] / med[name]:.2f}x classic; best val F1 {f1[name]:.4f})")
     table.add("first run", "`python -c 'import torch, torchvision'` (the floor of a torch stage's start-up)",
               f"{med['floor']:6.2f} s")
     for (name, stage), runs in phases.items():
