@@ -25,8 +25,9 @@ METADATA_KEYS = ("arch", "classes", "image_size", "mean", "std", "dropout", "par
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> None:
     """Write model.pt atomically: {format, state_dict, arch, classes, image_size, mean, std, ...}.
 
-    image_size is the model's input side; stored_size and resize (optional: files written before
-    them mean squash at image_size) complete its images' geometry, images.Geometry.
+    image_size is the model's input side; stored_size, resize and reducing_gap (optional: files
+    written before them mean squash at image_size, and their legacy decode) complete its images'
+    geometry, images.Geometry.
     """
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:

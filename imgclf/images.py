@@ -9,11 +9,12 @@ applied), then `load_resized` (-> uint8 3 x S x S array at the stored resolution
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -54,18 +55,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike,
+               draft: Callable[[tuple[int, int]], tuple[int, int]] | None = None) -> Image.Image:
     """Fully decode an image file to RGB with its EXIF orientation applied (first frame if animated).
 
-    With `draft_size`, a JPEG may be decoded at a reduced scale, never below draft_size on either side.
+    With `draft`, a JPEG may be decoded at a reduced scale (libjpeg's DCT scaling), never below
+    draft(its stored width and height) on either side.
     """
     with warnings.catch_warnings():
         # A header that declares a huge image is refused before its pixels are allocated.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
             img.seek(0)
-            if draft_size:
-                img.draft(None, (draft_size, draft_size))  # a no-op for formats other than JPEG
+            if draft is not None:
+                img.draft(None, draft(img.size))  # a no-op for formats other than JPEG
             img.load()
             oriented = ImageOps.exif_transpose(img)
             return to_rgb(oriented)
@@ -113,20 +116,33 @@ def crop_offset(length: int, size: int) -> int:
     return int(round((length - size) / 2.0))
 
 
-def load_resized(path: str | os.PathLike, image_size: int, resize: str = "squash") -> np.ndarray:
+def legacy_reducing_gap(resize: str) -> float | None:
+    """The reduced JPEG decode of models and stores from before decode.reducing_gap: squash at 1x, crop none."""
+    return 1.0 if resize == "squash" else None
+
+
+def load_resized(path: str | os.PathLike, image_size: int, resize: str = "squash",
+                 reducing_gap: float | None = None) -> np.ndarray:
     """Decode an image file to a uint8 RGB array of 3 x image_size x image_size (channels first).
 
     crop: the shorter side scaled to image_size, then the centre image_size x image_size, which is
     torchvision's `Resize(image_size)` + `CenterCrop(image_size)` on the decoded image (its eval
     geometry; tests/unit/test_images.py checks it on JPEGs of several aspect ratios). squash: both
     sides scaled to image_size, the pipeline's first geometry, kept bit for bit for models trained with it.
+
+    `reducing_gap` (JPEG only; Pillow's `thumbnail` name and rule): the decoder may work at 1/2, 1/4
+    or 1/8 scale (DCT scaling), never below reducing_gap x the resized size, before the resize.
+    None decodes fully: torchvision's pixels exactly. 2.0 (Pillow's default) is several times
+    faster from large photos at a mean difference of ~0.4 grey levels (docs/data.md).
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    # squash only: JPEG may decode at 1/2, 1/4 or 1/8 scale inside the decoder (DCT scaling), never
-    # below the requested size. It moves pixels by up to ~10 grey levels against a full decode, so
-    # crop, which promises torchvision's pixels, always decodes fully (docs/data.md).
-    image = load_image(path, draft_size=image_size if resize == "squash" else None)
+
+    def draft(size: tuple[int, int]) -> tuple[int, int]:
+        width, height = resized_size(*size, image_size, resize)
+        return math.ceil(width * reducing_gap), math.ceil(height * reducing_gap)
+
+    image = load_image(path, draft=draft if reducing_gap else None)
     target = resized_size(*image.size, image_size, resize)
     if image.size != target:
         # Pillow's bilinear filter widens with the downscale factor (antialiased): torchvision's
@@ -159,21 +175,30 @@ class Geometry:
     stored_size: int
     input_size: int
     resize: str = "squash"
+    reducing_gap: float | None = None
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         """uint8 3 x input_size x input_size model input of an image file."""
-        return np.ascontiguousarray(center_crop(load_resized(path, self.stored_size, self.resize), self.input_size))
+        pixels = load_resized(path, self.stored_size, self.resize, self.reducing_gap)
+        return np.ascontiguousarray(center_crop(pixels, self.input_size))
 
     def metadata(self) -> dict[str, Any]:
-        """The keys a model file carries: image_size (its input side), stored_size and resize."""
-        return {"image_size": self.input_size, "stored_size": self.stored_size, "resize": self.resize}
+        """The keys a model file carries: image_size (its input side), stored_size, resize and reducing_gap."""
+        return {"image_size": self.input_size, "stored_size": self.stored_size, "resize": self.resize,
+                "reducing_gap": self.reducing_gap}
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any]) -> "Geometry":
-        """The geometry recorded in a model's metadata; files written before it had only image_size (squash)."""
+        """The geometry recorded in a model's metadata (a dict, or ONNX's strings).
+
+        Files written before stored_size and resize had only image_size (squash); before reducing_gap,
+        its legacy_reducing_gap.
+        """
         input_size = int(metadata["image_size"])
+        resize = str(metadata.get("resize", "squash"))
+        gap = metadata.get("reducing_gap", legacy_reducing_gap(resize))
         return cls(stored_size=int(metadata.get("stored_size", input_size)), input_size=input_size,
-                   resize=str(metadata.get("resize", "squash")))
+                   resize=resize, reducing_gap=None if gap in (None, "None") else float(gap))
 
 
 def load_input_or_error(task: tuple[str, Geometry]) -> tuple[np.ndarray | None, str]:
@@ -185,11 +210,10 @@ def load_input_or_error(task: tuple[str, Geometry]) -> tuple[np.ndarray | None, 
         return None, describe_error(err)
 
 
-def load_resized_or_error(task: tuple[str, int, str]) -> tuple[np.ndarray | None, str]:
-    """(load_resized(path, size, resize), "") or (None, why it failed in one line): a worker task of decode."""
-    path, image_size, resize = task
+def load_resized_or_error(task: tuple[str, int, str, float | None]) -> tuple[np.ndarray | None, str]:
+    """(load_resized(*task), "") or (None, why it failed in one line): a worker task of decode."""
     try:
-        return load_resized(path, image_size, resize), ""
+        return load_resized(*task), ""
     except Exception as err:  # reported by the caller, with the file's name
         return None, describe_error(err)
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from imgclf.artifacts import atomic_path, write_json
 from imgclf.errors import DataError
-from imgclf.images import center_crop, describe_error
+from imgclf.images import center_crop, describe_error, legacy_reducing_gap
 
 FORMAT = "imgclf.decoded/2"
 OLD_FORMATS = ("imgclf.decoded/1",)  # one N x 3 x S x S .npy per split, rewritten whole by every decode
@@ -57,6 +57,7 @@ class StoreParams:
     resize: str
     storage: str  # raw: uint8 3 x S x S as is; jpeg: re-encoded at the stored size (FFCV's choice for large sets)
     quality: int
+    reducing_gap: float | None = None  # absent from stores written before it (read back only to compare)
 
     @property
     def tag(self) -> str:
@@ -483,7 +484,8 @@ class StoredSplit:
         if info.get("paths_sha256") != paths_digest:
             raise DataError(f"{self.directory / 'meta.json'}: decoded from another {split} split than the "
                             f"current one; run `dvc repro` (the decode stage) again")
-        self.params = StoreParams(**meta["params"])
+        # A store written before reducing_gap decoded JPEGs as its legacy value.
+        self.params = StoreParams(**{"reducing_gap": legacy_reducing_gap(meta["params"]["resize"]), **meta["params"]})
         index_path = self.directory / str(info.get("index", f"{split}.index.npy"))
         try:
             self.index = np.load(index_path)

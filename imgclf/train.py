@@ -400,6 +400,7 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
     if world.is_main:
         save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
                         stored_size=train_images.stored_size, resize=train_images.params.resize,
+                        reducing_gap=train_images.params.reducing_gap,
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                         epochs_run=result.epochs_run, temperature=result.temperature,

@@ -22,7 +22,7 @@ from imgclf.template import PARAMS
 from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[2]
-RAW = DecodeConfig(12, "crop", "raw", 90)
+RAW = DecodeConfig(12, "crop", "raw", 90, None)
 
 
 def write_split(folder: Path, train: list, val: list) -> Path:
@@ -75,8 +75,8 @@ def test_jpeg_storage_is_smaller_and_close(tmp_path):
         Image.fromarray(np.clip(ramp + rng.normal(0, 3, (48, 64, 3)) + 5 * i, 0, 255).astype(np.uint8)).save(path)
         paths.append(str(path))
     split = write_split(tmp_path, paths[:4], paths[4:])
-    raw = decode_split(split, tmp_path / "raw", DecodeConfig(32, "crop", "raw", 90), workers=1)
-    jpeg = decode_split(split, tmp_path / "jpeg", DecodeConfig(32, "crop", "jpeg", 90), workers=1)
+    raw = decode_split(split, tmp_path / "raw", DecodeConfig(32, "crop", "raw", 90, None), workers=1)
+    jpeg = decode_split(split, tmp_path / "jpeg", DecodeConfig(32, "crop", "jpeg", 90, None), workers=1)
     assert jpeg["bytes"] < raw["bytes"]
     exact = open_decoded(tmp_path / "raw", "train", paths[:4])[np.arange(4)].astype(int)
     lossy = open_decoded(tmp_path / "jpeg", "train", paths[:4])[np.arange(4)].astype(int)
@@ -133,7 +133,8 @@ def test_changed_params_decode_again_and_drop_the_old_shards(tmp_path):
     decode_split(split, tmp_path / "d", RAW, workers=1)
     old = set(snapshot(tmp_path / "d/shards"))
     lines = []
-    again = decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90), workers=1, say=lines.append)
+    again = decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90, None), workers=1,
+                         say=lines.append)
     assert again["decoded"] == 6 and not old & set(snapshot(tmp_path / "d/shards"))
     assert lines == [f"note: decode params changed since {tmp_path / 'd'} was written: every image is decoded again"]
     squashed = open_decoded(tmp_path / "d", "train", paths[:4])[np.arange(1)]
@@ -252,7 +253,7 @@ def test_the_pool_brings_back_shards_after_the_output_is_deleted_and_lets_go_of_
     keep = tmp_path / "cache/files/object"
     keep.parent.mkdir(parents=True)
     os.link(pool / shard.name, keep)
-    other = DecodeConfig(12, "squash", "raw", 90)
+    other = DecodeConfig(12, "squash", "raw", 90, None)
     decode_split(write_split(tmp_path, paths[:2], paths[2:4]), out, other, workers=1, pool=pool)
     assert (pool / shard.name).exists()
     keep.unlink()
@@ -276,3 +277,22 @@ def test_a_full_disk_while_meta_json_is_written_leaves_the_previous_store_readab
         decode_split(write_split(tmp_path, paths[:10], paths[10:]), out, RAW, workers=1)
     assert (out / "meta.json").read_bytes() == meta
     assert np.array_equal(open_decoded(out, "train", paths[:6])[np.arange(6)], expected)
+
+
+def test_reducing_gap_is_a_store_param_and_a_store_from_before_it_reads_as_its_legacy_decode(tmp_path):
+    """reducing_gap changes an entry's pixels (JPEGs), so it names the shards; old metas read as their decode."""
+    import json
+
+    paths = images(tmp_path / "img", 0, 4)
+    split = write_split(tmp_path, paths[:2], paths[2:])
+    decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90, 2.0), workers=1)
+    assert open_decoded(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 2.0
+    lines = []
+    again = decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90, None), workers=1,
+                         say=lines.append)
+    assert again["decoded"] == 4 and "decode params changed" in lines[0]
+    meta_path = tmp_path / "d/meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["params"]["reducing_gap"]  # as a store written before the param
+    meta_path.write_text(json.dumps(meta))
+    assert open_decoded(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 1.0  # squash's earlier decode

@@ -95,21 +95,32 @@ def test_crop_geometry_is_torchvisions_resize_and_center_crop(tmp_path, width, h
 def test_squash_keeps_the_pipelines_earlier_pixels(tmp_path):
     """squash is today's geometry bit for bit (models trained with it see what they saw), and loses the aspect."""
     path = real_jpeg(tmp_path, 500, 375)
-    squashed = load_resized(path, 32, "squash")
-    assert np.array_equal(squashed, load_resized(path, 32))  # the default, as before this option existed
+    squashed = load_resized(path, 32, "squash", reducing_gap=1.0)  # what squash always did: drafted to 1x
     assert np.array_equal(Geometry.of({"image_size": 32}).load(path), squashed)  # a model.pt without geometry keys
+    assert np.array_equal(Geometry.of({"image_size": 32, "stored_size": 32, "resize": "crop"}).load(path),
+                          load_resized(path, 32, "crop"))  # crop from before reducing_gap: a full decode
     assert not np.array_equal(squashed, load_resized(path, 32, "crop"))
 
 
-def test_jpeg_draft_decode_stays_close_to_a_full_decode(tmp_path):
-    rng = np.random.default_rng(0)
-    # A smooth photo-like gradient with noise, 8x the target size: the decoder may scale by 1/8.
-    ramp = np.linspace(0, 255, 512)[None, :, None] * np.ones((384, 1, 3)) * [1, 0.6, 0.3]
-    pixels = np.clip(ramp + rng.normal(0, 8, (384, 512, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=92)
-    drafted = load_resized(tmp_path / "photo.jpg", 48).astype(float)
-    full = np.asarray(load_image(tmp_path / "photo.jpg").resize((48, 48), Image.Resampling.BILINEAR))
-    assert np.abs(drafted - full.transpose(2, 0, 1)).mean() < 2.0  # grey levels, out of 255
+def test_reducing_gap_decodes_large_jpegs_smaller_and_stays_close(tmp_path):
+    """Pillow's thumbnail rule: the decoder scales down, never below 2x the resized size; pixels stay close."""
+    path = real_jpeg(tmp_path, 1024, 768)
+    # 64 px crop: resized 85 x 64, so the decoder may go down to 170 x 128: 1/4 scale (256 x 192), not 1/8.
+    wanted = []
+    assert load_image(path, draft=lambda size: wanted.append(size) or (170, 128)).size == (256, 192)
+    assert wanted == [(1024, 768)]
+    drafted = load_resized(path, 64, "crop", reducing_gap=2.0).astype(int)
+    full = load_resized(path, 64, "crop").astype(int)
+    difference = np.abs(drafted - full)
+    assert 0 < difference.mean() < 1.0 and difference.max() <= 12  # grey levels, out of 255
+    assert np.array_equal(Geometry(64, 64, "crop", 2.0).load(path), drafted.astype(np.uint8))
+    # Too small to halve at 2x (768 < 2 x 2 x 224): decoded fully, the same pixels as without the gap.
+    assert np.array_equal(load_resized(path, 224, "crop", reducing_gap=2.0), load_resized(path, 224, "crop"))
+    # The model's metadata carries it, as a dict (model.pt) and as ONNX's strings.
+    for meta in (Geometry(64, 64, "crop", 2.0).metadata(),
+                 {k: str(v) for k, v in Geometry(64, 64, "crop", 2.0).metadata().items()}):
+        assert Geometry.of(meta) == Geometry(64, 64, "crop", 2.0)
+    assert Geometry.of({k: str(v) for k, v in Geometry(64, 64, "crop").metadata().items()}).reducing_gap is None
 
 
 def test_model_input_normalises_on_the_device():

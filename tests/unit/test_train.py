@@ -285,7 +285,7 @@ def test_input_size_crops_the_stored_images_and_travels_with_the_model(prepared,
         train_model(tiny_config(epochs=1, input_size=24), *args, tmp_path / "no.pt")
     train_model(tiny_config(epochs=1, input_size=12), *args, tmp_path / "model.pt")
     _, meta = load_checkpoint(tmp_path / "model.pt")
-    assert (meta["image_size"], meta["stored_size"], meta["resize"]) == (12, 16, "crop")
+    assert (meta["image_size"], meta["stored_size"], meta["resize"], meta["reducing_gap"]) == (12, 16, "crop", None)
     geometry = Geometry.of(meta)
     path = (prepared / "split/val.csv").read_text().splitlines()[1].split(",")[0]
     images, errors = next(image_batches([path], geometry, batch_size=4))
