@@ -86,7 +86,7 @@ def timed_stage(repo: Path, cmd: str, env: dict) -> dict[str, float]:
 
 
 def make_project(repo: Path, code: Path, photos: Path, params: dict) -> Project:
-    """A fresh git + DVC repository with `code`'s stages/, imgclf/ and pipeline (no demo), and the photos."""
+    """A fresh git + DVC repository with `code`'s stages/, imgclf/, pipeline (no demo) and params, and the photos."""
     project = Project(repo, params)
     for folder in ("stages", "imgclf"):
         shutil.rmtree(repo / folder)
@@ -94,6 +94,10 @@ def make_project(repo: Path, code: Path, photos: Path, params: dict) -> Project:
     pipeline = yaml.safe_load((code / "imgclf/template/pipeline.yaml").read_text())
     del pipeline["stages"]["demo"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    values = yaml.safe_load((code / "imgclf/template/params.yaml").read_text())  # that version's keys
+    for section, changes in params.items():
+        values[section].update(changes)
+    (repo / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     shutil.copytree(photos, repo / "data/raw", copy_function=os.link)
     predict = repo / "data/predict"
     predict.mkdir(parents=True)

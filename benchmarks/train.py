@@ -22,7 +22,7 @@ import torch
 from benchmarks.common import Table, image_folder_files, machine_line, write_photos
 from imgclf.augment import AugmentConfig, BatchRandomAffine
 from imgclf.config import load_section
-from imgclf.decode import decode_images
+from imgclf.decode import DecodeConfig, decode_images
 from imgclf.demo import DemoConfig, write_demo
 from imgclf.fit import TrainingRun, identity, train_one_epoch
 from imgclf.model import build_model
@@ -110,7 +110,9 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
 
     # 2. The train stage: decoded once by the decode stage's code, then batches, augmentation on the device.
     start = time.perf_counter()
-    decode_images(paths, image_size, work / f"{name}.npy", desc=f"decode {name}")
+    # squash, as the classic loop's Resize((S, S)); JPEGs reduced as params.yaml's decode.reducing_gap says
+    decode_images(paths, image_size, work / f"{name}.npy", desc=f"decode {name}",
+                  reducing_gap=load_section(PARAMS, "decode", DecodeConfig).reducing_gap)
     decode_seconds = time.perf_counter() - start
     images = np.load(work / f"{name}.npy", mmap_mode="r")
     weights = [len(targets) / c for c in np.bincount(targets)]
