@@ -8,7 +8,6 @@ every experiment instead of decoding and resizing the files again (the classic l
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from imgclf.artifacts import atomic_path
 from imgclf.config import param
-from imgclf.errors import DataError, ignore_interrupts
+from imgclf.errors import DataError, worker_pool
 from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
 from imgclf.store import (
@@ -79,7 +78,7 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(paths), 3, image_size, image_size))
         progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if parallel else None
+        pool = worker_pool(workers) if parallel else None
         try:
             load = load_resized_or_error
             results = pool.imap(load, tasks, chunksize=16) if pool else map(load, tasks)
@@ -98,7 +97,7 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
 def _pool(workers: int, count: int):
     """A pool of `workers` forked processes when it pays (several cores, 64+ files), else None (run in-process)."""
     if workers > 1 and count >= 64:
-        return multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts)
+        return worker_pool(workers)
     return None
 
 

@@ -7,7 +7,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
 
 
 class PipelineError(Exception):
@@ -129,3 +132,29 @@ def ignore_interrupts() -> None:
     """Worker-process initializer: Ctrl-C reaches the whole process group; only the stage's main process
     handles it (one line, exit 130), the workers are then terminated, without tracebacks of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_pool(workers: int) -> Pool:
+    """A pool of `workers` forked processes that ignore Ctrl-C, safe against a Ctrl-C while it starts.
+
+    Ctrl-C is held back while Pool() forks its workers: one arriving in the middle (it takes a
+    moment on a loaded machine) would leave the workers forked so far orphaned and alive, holding the
+    terminal's pipes, with no pool object for the caller to terminate. A Ctrl-C held back is raised
+    when it is let through (CPython checks signals as pthread_sigmask returns): the pool is then
+    terminated and the KeyboardInterrupt goes on to the stage's handler.
+    """
+    import multiprocessing
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
+

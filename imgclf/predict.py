@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
 from imgclf.config import Device, load_section, param
-from imgclf.errors import ConfigError, DataError, ignore_interrupts, stage_main
+from imgclf.errors import ConfigError, DataError, stage_main, worker_pool
 from imgclf.images import Geometry, list_inputs, load_input_or_error
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
@@ -89,7 +88,7 @@ def image_batches(paths: Sequence[str], geometry: Geometry, batch_size: int,
     none)."""
     tasks = [(path, geometry) for path in paths]
     image_size = geometry.input_size
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) if workers else None
+    pool = worker_pool(workers) if workers else None
     try:
         results = pool.imap(load_input_or_error, tasks, chunksize=8) if pool else map(load_input_or_error, tasks)
         batch: list[tuple[np.ndarray | None, str]] = []

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import unicodedata
 from collections import Counter
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from imgclf.artifacts import write_json, write_rows
 from imgclf.config import param
-from imgclf.errors import ConfigError, DataError, ignore_interrupts
+from imgclf.errors import ConfigError, DataError, worker_pool
 from imgclf.images import check_decodes, describe_error, has_image_extension, is_hidden
 
 
@@ -175,7 +174,7 @@ def _inspect_all(paths: Sequence[str], workers: int | None) -> list[tuple[str | 
     progress = dict(total=len(paths), desc="validate images", unit="img", mininterval=1.0)
     if workers == 1 or len(paths) < 64:
         return [inspect_file(p) for p in tqdm(paths, **progress)]
-    with multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) as pool:
+    with worker_pool(workers) as pool:
         return list(tqdm(pool.imap(inspect_file, paths, chunksize=8), **progress))
 
 

@@ -49,3 +49,31 @@ def test_an_error_under_dvc_says_how_to_restore_what_dvc_deleted(monkeypatch, tm
         in recovery_hint()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # unreadable dvc.yaml: the hint still works
     assert recovery_hint().endswith("`dvc checkout export` restores them from DVC's cache)")
+
+
+def test_a_ctrl_c_while_the_worker_pool_starts_terminates_its_workers(monkeypatch):
+    """Ctrl-C in the middle of Pool() (its workers half forked) is raised once the pool exists, which is then
+    terminated: no worker is left orphaned (one would hold the terminal's pipes and block the caller)."""
+    import multiprocessing
+    import os
+    import signal
+
+    from imgclf.errors import worker_pool
+
+    context = multiprocessing.get_context("fork")
+    make_pool, started, pools = type(context).Pool, [], []
+
+    def pool_then_ctrl_c(self, *args, **kwargs):
+        pool = make_pool(self, *args, **kwargs)
+        pools.append(pool)  # kept alive, as a stage about to leave by os._exit (no finaliser would run)
+        started.extend(pool._pool)  # the worker processes
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the pool is being made: held back
+        return pool
+
+    monkeypatch.setattr(type(context), "Pool", pool_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        worker_pool(2)
+    for worker in started:
+        worker.join(timeout=10)
+    assert len(started) == 2 and not any(worker.is_alive() for worker in started)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # Ctrl-C let through again
