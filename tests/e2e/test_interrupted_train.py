@@ -52,7 +52,7 @@ def start(workdir: Path, name: str) -> subprocess.Popen:
 def saved_epoch(state: Path) -> int:
     """The last epoch in the state file (0 if none yet); the file is replaced atomically, so always whole."""
     try:
-        return torch.load(state, weights_only=True)["epoch"]
+        return torch.load(state, weights_only=True, mmap=True)["epoch"]  # mmap: the tensors are not read
     except FileNotFoundError:
         return 0
 
@@ -161,8 +161,13 @@ def test_ctrl_c_in_split_stops_its_worker_processes_quietly(tmp_path):
             "--validation-cache", str(tmp_path / "cache.json")]
     run = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
-    time.sleep(2.0)
-    assert run.poll() is None
+    # Its worker processes exist once validation is under way (after start-up and its Ctrl-C handling are
+    # set up): waiting for them, not for a fixed time, keeps a loaded machine from interrupting the import.
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    deadline = time.monotonic() + 60
+    while run.poll() is None and not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None and children.read_text().split()
     os.killpg(run.pid, signal.SIGINT)  # as a terminal does: the whole process group
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
