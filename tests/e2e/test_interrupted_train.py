@@ -46,7 +46,17 @@ def start(workdir: Path, name: str) -> subprocess.Popen:
             "decoded", "--weights", "weights.json", "--model", f"{name}/model.pt", "--live", f"{name}/live",
             "--state", f"{name}/.cache/train_state.pt"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=ctrl_c_reaches_it)
+
+
+def ctrl_c_reaches_it() -> None:
+    """In the child before exec: SIGINT back to its default, so that Python turns it into KeyboardInterrupt.
+
+    A test run started in the background of a non-interactive shell (`pytest &`) inherits SIGINT
+    ignored, as every process it starts would: the stage would then rightly never see the Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def saved_epoch(state: Path) -> int:
@@ -160,7 +170,7 @@ def test_ctrl_c_in_split_stops_its_worker_processes_quietly(tmp_path):
             "--out", str(tmp_path / "split"), "--counts", str(tmp_path / "counts"),
             "--validation-cache", str(tmp_path / "cache.json")]
     run = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=ctrl_c_reaches_it)
     # Its worker processes exist once validation is under way (after start-up and its Ctrl-C handling are
     # set up): waiting for them, not for a fixed time, keeps a loaded machine from interrupting the import.
     children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
