@@ -71,8 +71,13 @@ def test_a_ctrl_c_while_the_worker_pool_starts_terminates_its_workers(monkeypatc
         return pool
 
     monkeypatch.setattr(type(context), "Pool", pool_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        worker_pool(2)
+    # Python's own Ctrl-C handler, even when the tests run in the background of a shell (SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker_pool(2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for worker in started:
         worker.join(timeout=10)
     assert len(started) == 2 and not any(worker.is_alive() for worker in started)
