@@ -73,12 +73,11 @@ def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.Path
     """Decode `paths` in parallel processes into one N x 3 x S x S uint8 .npy file, written atomically."""
     workers = workers or os.cpu_count() or 1
     tasks = [(p, image_size, resize, reducing_gap) for p in paths]
-    parallel = workers > 1 and len(paths) >= 64
     with atomic_path(out_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(paths), 3, image_size, image_size))
         progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
-        pool = worker_pool(workers) if parallel else None
+        pool = _pool(workers, len(paths))
         try:
             load = load_resized_or_error
             results = pool.imap(load, tasks, chunksize=16) if pool else map(load, tasks)

@@ -157,4 +157,3 @@ def worker_pool(workers: int) -> Pool:
         pool.terminate()
         raise
     return pool
-
