@@ -30,6 +30,7 @@ from imgclf.distributed import DistributedWeightedSampler, World, shard
 from imgclf.ema import WeightAverage
 from imgclf.errors import ConfigError, TrainingError
 from imgclf.fit import FitResult, TrainingRun, all_logits, fit
+from imgclf.images import Geometry
 from imgclf.inference import autocast_dtype, select_device
 from imgclf.mixing import BatchMix
 from imgclf.model import build_model, output_layer, set_backbone_trainable
@@ -398,9 +399,9 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str 
                             f"epochs, another train.lr, train.pretrained, a larger decode.image_size, or "
                             f"train.precise_bn: always")
     if world.is_main:
-        save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), image_size=image_size,
-                        stored_size=train_images.stored_size, resize=train_images.params.resize,
-                        reducing_gap=train_images.params.reducing_gap,
+        geometry = Geometry(train_images.stored_size, image_size, train_images.params.resize,
+                            train_images.params.reducing_gap)
+        save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), **geometry.metadata(),
                         mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
                         params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
                         epochs_run=result.epochs_run, temperature=result.temperature,
