@@ -19,9 +19,9 @@ import torch
 from torchvision.transforms import v2
 
 from benchmarks.common import Table, machine_line
-from imgclf.crop import BatchRandomResizedCrop
-from imgclf.erasing import BatchRandomErasing
-from imgclf.policy import BatchAugmentPolicy
+from imgclf.augment.crop import BatchRandomResizedCrop
+from imgclf.augment.erasing import BatchRandomErasing
+from imgclf.augment.policy import BatchAugmentPolicy
 
 FILL = [124.0, 116.0, 104.0]  # ImageNet's mean colour in pixel units
 

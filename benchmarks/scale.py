@@ -139,12 +139,12 @@ def loader_rate(repo: Path, input_size: int = 224, batch: int = 256) -> tuple[fl
     """The train stage's data path on random batches, cropped: (images per CPU-second on one thread, images per
     wall second on all cores). Per CPU-second is what one core delivers, whatever else the machine runs."""
     from imgclf.split_files import read_split_paths
-    from imgclf.store import StoredSplit, paths_digest
+    from imgclf.store.reader import StoredSplit
 
     paths = read_split_paths(repo / "data/split/train.csv")["path"].tolist()
     rates = []
     for threads in (1, os.cpu_count() or 1):
-        images = StoredSplit(repo / "data/decoded", "train", paths_digest(paths), input_size, threads=threads)
+        images = StoredSplit(repo / "data/decoded", "train", paths, input_size, threads=threads)
         rng = np.random.default_rng(0)
         images[rng.integers(0, len(images), batch)]  # warm-up: page cache, thread pool
         count, start, cpu = 0, time.perf_counter(), time.process_time()

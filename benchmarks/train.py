@@ -1,5 +1,8 @@
 """Train throughput: the classic hand-written loop vs the train stage's data path and loop vs synthetic tensors.
 
+The train stage's side is what the stages run: the decode stage's store (decode_split), read by a
+StoredSplit, drawn by the stage's sampler and augmented by its TrainInput.
+
 Everything runs side by side in this one process, round-robin over full epochs, with the same model,
 image size, batch size and torch threads. Loader efficiency = real-data images/s / synthetic images/s.
 
@@ -20,14 +23,16 @@ import numpy as np
 import torch
 
 from benchmarks.common import Table, image_folder_files, machine_line, write_photos
-from imgclf.augment import AugmentConfig, BatchRandomAffine
+from imgclf.augment.input import AugmentConfig, TrainInput
 from imgclf.config import load_section
-from imgclf.decode import DecodeConfig, decode_images
+from imgclf.decode import DecodeConfig, decode_split
 from imgclf.demo import DemoConfig, write_demo
-from imgclf.fit import TrainingRun, identity, train_one_epoch
+from imgclf.fit import TrainingRun, train_one_epoch
 from imgclf.model import build_model
+from imgclf.store.reader import StoredSplit
 from imgclf.template import PARAMS
-from imgclf.train import make_train_batches, set_speed_options
+from imgclf.train import set_speed_options
+from imgclf.train_data import make_train_batches
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
 AUGMENT = AugmentConfig(hflip=False, rotation=10, translate=0.1, scale=0.1,  # the demo's augmentation
@@ -98,37 +103,42 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
             model = model.to(memory_format=memory_format(device))
         return model, torch.optim.Adam(model.parameters(), lr=5e-4)
 
-    def run(model, optimizer, batches, prepare, augment) -> TrainingRun:
+    def run(model, optimizer, batches, prepare, train_input) -> TrainingRun:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1000)
         return TrainingRun(model=model, train_batches=batches, val_batches=[], prepare=prepare, criterion=criterion,
                            optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
-                           augment=augment)
+                           train_input=train_input)
 
     # 1. The classic loop: fp32, contiguous, decode + resize + augment every image every epoch.
     classic_model, classic_optimizer = fresh_model(False)
     loader = classic_loader(root, image_size, batch_size, classic_workers, pin_memory=device.type == "cuda")
 
-    # 2. The train stage: decoded once by the decode stage's code, then batches, augmentation on the device.
+    # 2. The train stage: decoded once by the decode stage into its store, then read, sampled and augmented on the
+    # device by the stage's own code.
     start = time.perf_counter()
+    split = work / f"{name}-split"
+    split.mkdir(parents=True, exist_ok=True)
+    (split / "train.csv").write_text("path,label\n" + "".join(f"{p},{classes[t]}\n" for p, t in zip(paths, targets)))
+    (split / "val.csv").write_text("path,label\n")
     # squash, as the classic loop's Resize((S, S)); JPEGs reduced as params.yaml's decode.reducing_gap says
-    decode_images(paths, image_size, work / f"{name}.npy", desc=f"decode {name}",
-                  reducing_gap=load_section(PARAMS, "decode", DecodeConfig).reducing_gap)
+    decode = DecodeConfig(image_size, "squash", "raw", 90, load_section(PARAMS, "decode", DecodeConfig).reducing_gap)
+    decode_split(split, work / f"{name}-decoded", decode, say=lambda line: None)
     decode_seconds = time.perf_counter() - start
-    images = np.load(work / f"{name}.npy", mmap_mode="r")
+    images = StoredSplit(work / f"{name}-decoded", "train", paths)
     weights = [len(targets) / c for c in np.bincount(targets)]
     generator = torch.Generator().manual_seed(0)
     batches = make_train_batches(images, targets, "sampler", batch_size, weights, generator, device)
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
-    augment = BatchRandomAffine(AUGMENT, prepare.fill(), generator)
-    ours = run(*fresh_model(True), batches, prepare, augment)
+    train_input = TrainInput(AUGMENT, prepare, image_size, generator)
+    ours = run(*fresh_model(True), batches, prepare, train_input)
 
     # 3. The compute limit: the same model step on one batch already on the device and normalised,
     # reused for every step (as timm's synthetic benchmark); with the train stage's settings and
     # with the classic loop's (fp32, contiguous). Same number of steps and images per epoch.
-    one = prepare(torch.from_numpy(images[:batch_size].copy()))
+    one = prepare(torch.from_numpy(images[np.arange(min(batch_size, n))]))
     labels = torch.as_tensor(targets[:batch_size], device=device)
     synthetic = [(one[:len(t)], labels[:len(t)]) for _, t in batches]
-    limit = run(*fresh_model(True), synthetic, identity, identity)
+    limit = run(*fresh_model(True), synthetic, lambda x: x, lambda x: x)
     classic_limit_model, classic_limit_optimizer = fresh_model(False)
     synthetic_fp32 = [(x.contiguous(), t) for x, t in synthetic]
 
@@ -141,7 +151,7 @@ def bench_train(table: Table, name: str, root: Path, work: Path, *, device: torc
     }, n, epochs, device)
     classic, ours_rate, limit_rate, limit_classic = (rates[k] for k in ("classic", "ours", "limit", "classic_limit"))
     # The train stage's data path alone (gather, normalise, augment; no model): what it adds per image.
-    data_only = timed_epochs({"data": lambda: [augment(prepare(x)) for x, _ in batches]}, n, epochs,
+    data_only = timed_epochs({"data": lambda: [train_input(x) for x, _ in batches]}, n, epochs,
                              device)["data"]
 
     label = f"{name} ({n} imgs, {image_size} px, {arch}, batch {batch_size})"

@@ -1,8 +1,9 @@
-"""Where batches come from: image files (evaluate) or the decode stage's arrays (train); predict has its own.
+"""Where batches come from: image files (evaluate) or rows of the decode stage's store (train); predict has its own.
 
 All of them yield uint8 images at the model's input side, prepared by one images.Geometry (the
 store holds its first step, resized to the stored side; a batch is centre-cropped from it);
-transforms.ModelInput turns a batch into model input on the device.
+transforms.ModelInput turns a batch into model input on the device. DecodedBatches also serves the
+frozen backbone's cached features (float32 rows) to the head.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class DecodedBatches:
     """(uint8 images, targets) batches gathered from decoded images, one copy per batch.
 
     `images` is anything that gives len() and images[index array] -> uint8 n x 3 x I x I: the
-    store's StoredSplit (imgclf/store.py) or an in-memory array.
+    store's StoredSplit (imgclf/store/reader.py), an in-memory array, or cached features.
 
     The index lists come from a torch BatchSampler, so that a WeightedRandomSampler or a shuffle
     draws exactly as it would inside a DataLoader; what goes is the per-image fetch and collate.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal, Sequence
+
+import pandas as pd
 
 from imgclf.config import param
 from imgclf.errors import DataError
@@ -25,8 +25,6 @@ class ComputeWeightsConfig:
 
 def count_labels(labels: Sequence[str], classes: Sequence[str]) -> list[int]:
     """Images per class, in `classes` order."""
-    import pandas as pd  # here, not at the top: the train stage reads weights.json and needs no pandas for it
-
     counts = pd.Series(list(labels), dtype=object).value_counts()
     return [int(counts.get(name, 0)) for name in classes]
 
@@ -55,20 +53,3 @@ def weights_document(classes: Sequence[str], counts: Sequence[int], scheme: str,
     return {"scheme": scheme, "beta": beta,
             "classes": {name: {"count": int(c), "weight": float(w)}
                         for name, c, w in zip(classes, counts, weights)}}
-
-
-def read_weights(path: str | os.PathLike, classes: Sequence[str]) -> list[float]:
-    """Read weights.json and return the weights in `classes` order; the classes must match exactly."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-        per_class = document["classes"]
-        names = list(per_class)
-        weights = [float(per_class[name]["weight"]) for name in classes] if names == list(classes) else None
-    except FileNotFoundError:
-        raise DataError(f"{path}: class weights not found (run the compute_weights stage first)") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{path}: malformed class weights file ({err})") from None
-    if weights is None:
-        raise DataError(f"{path}: its classes {names} differ from the split's classes {list(classes)}")
-    return weights

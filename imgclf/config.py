@@ -97,6 +97,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return _coerce(value, inner, key)
+    if typing.get_origin(hint) is tuple:
+        kinds = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+            raise ConfigError(f"{key}: must be a list of {len(kinds)} numbers, got {value!r}")
+        return tuple(_coerce(item, kind, f"{key}[{i}]") for i, (item, kind) in enumerate(zip(value, kinds)))
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -137,5 +142,6 @@ def _check_bounds(value: Any, meta: Any, key: str) -> None:
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
     for name, symbol, ok in checks:
         bound = meta.get(name)
-        if bound is not None and value is not None and not ok(value, bound):
-            raise ConfigError(f"{key}: must be {symbol} {bound:g}, got {value!r}")
+        for item in value if isinstance(value, tuple) else (value,):  # a list param: each of its numbers
+            if bound is not None and item is not None and not ok(item, bound):
+                raise ConfigError(f"{key}: must be {symbol} {bound:g}, got {value!r}")

@@ -1,7 +1,7 @@
 """The decode stage's logic: every train and val image decoded once per (content, params), into the store.
 
-The store (`imgclf/store.py`) keeps each image once, in immutable shards looked up by the SHA-256
-of the file's bytes: adding or removing images decodes only the new ones and leaves every old shard
+The store (`imgclf/store/`) keeps each image once, in immutable shards looked up by the SHA-256 of
+the file's bytes: adding or removing images decodes only the new ones and leaves every old shard
 unchanged, so DVC caches nothing new for them. Training reads batches from it every epoch and
 every experiment instead of decoding and resizing the files again (the classic loop's bottleneck).
 """
@@ -13,35 +13,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
-from imgclf.artifacts import atomic_path
 from imgclf.config import param
-from imgclf.errors import DataError, worker_pool
+from imgclf.errors import DataError
 from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
-from imgclf.store import (
+from imgclf.store.layout import StoreParams, paths_digest
+from imgclf.store.writer import (
     OutOfSpace,
     Store,
-    StoredSplit,
-    StoreParams,
     encode,
     file_key,
     free_bytes,
     is_out_of_space,
     no_partial_shard,
-    paths_digest,
-    read_meta,
     space_message,
     store_bytes,
 )
+from imgclf.workers import pool_if_worth_it
 
 SPLITS = ("train", "val")
 # Room left free beyond the estimate: the file system's own metadata and DVC's bookkeeping need some too.
 SPACE_MARGIN = 1.1
-
-__all__ = ["DecodeConfig", "decode_split", "decode_images", "open_decoded", "read_meta", "paths_digest"]
 
 
 @dataclass(frozen=True)
@@ -67,42 +61,9 @@ class DecodeConfig:
                            self.reducing_gap)
 
 
-def decode_images(paths: Sequence[str], image_size: int, out_path: str | os.PathLike,
-                  workers: int | None = None, desc: str = "decode", resize: str = "squash",
-                  reducing_gap: float | None = None) -> None:
-    """Decode `paths` in parallel processes into one N x 3 x S x S uint8 .npy file, written atomically."""
-    workers = workers or os.cpu_count() or 1
-    tasks = [(p, image_size, resize, reducing_gap) for p in paths]
-    with atomic_path(out_path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                          shape=(len(paths), 3, image_size, image_size))
-        progress = dict(total=len(paths), desc=desc, unit="img", mininterval=1.0)
-        pool = _pool(workers, len(paths))
-        try:
-            load = load_resized_or_error
-            results = pool.imap(load, tasks, chunksize=16) if pool else map(load, tasks)
-            for index, (pixels, problem) in enumerate(tqdm(results, **progress)):
-                if pixels is None:
-                    raise DataError(f"{paths[index]}: cannot decode ({problem}); it was valid when the split "
-                                    f"stage ran, so the file changed since: run `dvc repro` again")
-                array[index] = pixels
-        finally:
-            if pool:
-                pool.terminate()
-        array.flush()
-        del array
-
-
-def _pool(workers: int, count: int):
-    """A pool of `workers` forked processes when it pays (several cores, 64+ files), else None (run in-process)."""
-    if workers > 1 and count >= 64:
-        return worker_pool(workers)
-    return None
-
-
 def _file_keys(paths: Sequence[str], workers: int) -> dict[str, bytes]:
     """{path: SHA-256 of its bytes} for every path, read on all cores; an unreadable file is a DataError."""
-    pool = _pool(workers, len(paths))
+    pool = pool_if_worth_it(workers, len(paths))
     try:
         results = pool.imap(file_key, paths, chunksize=64) if pool else map(file_key, paths)
         keys = {}
@@ -125,15 +86,14 @@ def _encoded(task: tuple[str, StoreParams]) -> tuple[bytes | None, str]:
     return (encode(pixels, params), "") if pixels is not None else (None, problem)
 
 
-def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image_size: int | DecodeConfig,
+def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: DecodeConfig,
                  workers: int | None = None, say=print, pool: str | os.PathLike | None = None) -> dict[str, int]:
     """Bring the store `out_dir` up to date with the train and val CSVs of `split_dir`, decoding only new images.
 
-    `image_size` is the stage's DecodeConfig (or just a side: crop, raw); `pool` the folder of earlier
-    shards (store.find_pool: beside DVC's cache), if any. Returns counts: train, val,
-    decoded (images decoded now), reused, copied (moved out of sparse shards), bytes (the store's size).
+    `pool` is the folder of earlier shards (store.pool.find_pool: beside DVC's cache), if any. Returns
+    counts: train, val, decoded (images decoded now), reused, copied (moved out of sparse shards),
+    bytes (the store's size).
     """
-    cfg = image_size if isinstance(image_size, DecodeConfig) else DecodeConfig(image_size, "crop", "raw", 90, None)
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     workers = workers or os.cpu_count() or 1
     # Both CSVs are read before anything is written.
@@ -148,12 +108,12 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     for path in unique:
         first_path.setdefault(keys[path], path)
     missing, copies = store.plan(first_path)
-    needed = len(missing) * store.mean_entry_bytes() + sum(store.catalog[k][2] for k in copies)
+    needed = len(missing) * store.mean_entry_bytes() + store.entry_bytes(copies)
     free = free_bytes(out_dir)
     if needed * SPACE_MARGIN > free:
         raise DataError(space_message(out_dir, needed * SPACE_MARGIN, free, len(missing)))
     writer = store.writer()
-    processes = _pool(workers, len(missing))
+    processes = pool_if_worth_it(workers, len(missing))
     try:
         with no_partial_shard(writer):
             for key in copies:  # live entries of mostly-dead shards: copied, never decoded again
@@ -184,9 +144,3 @@ def decode_split(split_dir: str | os.PathLike, out_dir: str | os.PathLike, image
     return {"train": meta["splits"]["train"]["count"], "val": meta["splits"]["val"]["count"],
             "decoded": len(missing), "reused": len(first_path) - len(missing), "copied": len(copies),
             "bytes": store_bytes(out_dir)}
-
-
-def open_decoded(decoded_dir: str | os.PathLike, split: str, paths: Sequence[str],
-                 input_size: int | None = None) -> StoredSplit:
-    """The decoded images of `split` (rows in the order of `paths`, which must be the split's), as train reads them."""
-    return StoredSplit(decoded_dir, split, paths_digest(list(paths)), input_size)

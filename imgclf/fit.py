@@ -3,42 +3,51 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from imgclf.augment.mixing import BatchMix, mixed_loss
 from imgclf.distributed import World
 from imgclf.ema import WeightAverage
 from imgclf.inference import Batches, autocast, autocast_dtype, predict_logits
 from imgclf.metrics import weighted_f1
-from imgclf.mixing import BatchMix, mixed_loss
+from imgclf.model import classifier_head, set_backbone_trainable, train_mode
 from imgclf.precise_bn import recompute_statistics, statistics_stale
 from imgclf.resume import restore_rng_states, rng_states
 
 
-def identity(images: torch.Tensor) -> torch.Tensor:
-    """No augmentation."""
-    return images
+@dataclass
+class CachedFeatures:
+    """The frozen backbone's pooled features of every training and validation image, computed once
+    (imgclf/features.py): while the backbone is frozen, the head trains and validates on these batches of
+    (float32 features, targets) instead of running every image through the backbone again."""
+
+    train_batches: Batches
+    val_batches: Batches
 
 
 @dataclass
 class TrainingRun:
     """Everything one training run steps and reads, built once by the train stage and handed to fit().
 
-    `model` is what is stepped (a torch.compile wrapper shares its parameters with the plain model).
-    `scheduler` steps once per epoch, or after every batch when `scheduler_per_batch` (OneCycleLR).
-    `set_frozen(True)` leaves only the output layer trainable (for `freeze_epochs`); when the stepped
-    model cannot follow a change of the trainable set (DDP registers its gradient hooks for the
-    parameters that train when it is built), it returns the model to step from now on, else None.
-    Training batches go through `train_input` (default: `augment(prepare(images))`), then `mix`
-    (MixUp/CutMix) when active. With `ema`, its average is what validates and what is kept.
+    `model` is the plain model, what is validated and saved; the optimizer steps `stepped`, its
+    DistributedDataParallel wrapper under torchrun and torch.compile's if `compile`, rebuilt when the
+    trainable set changes (DDP registers its gradient hooks for the parameters that train when it is
+    built). `scheduler` steps once per epoch, or after every batch when `scheduler_per_batch`
+    (OneCycleLR). Training batches go through `train_input` (augmentation; default `prepare`), then
+    `mix` (MixUp/CutMix) when active. With `ema`, its average is what validates and what is kept.
     `precise_bn` (auto | always | never) recomputes BatchNorm statistics over `bn_batches` (training
-    images, not augmented) before validating.
+    images, not augmented) before validating. `features`: while the backbone is frozen, the head trains
+    on them (fit uses `head_run()`).
     """
 
     model: nn.Module
@@ -50,40 +59,73 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     precision: str = "auto"
-    augment: Callable[[torch.Tensor], torch.Tensor] = identity
+    train_input: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented model input
     scheduler_per_batch: bool = False
-    set_frozen: Callable[[bool], nn.Module | None] = lambda frozen: None
     generator: torch.Generator | None = None  # the sampler's and augmentation's: saved with the state
     world: World = World()  # this process's rank; val_batches then hold its shard of the validation set
-    eval_model: nn.Module | None = None  # what validates (the plain model under DDP); default `model`
-    train_input: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented model input
+    compile: bool = False
     mix: BatchMix | None = None
     ema: WeightAverage | None = None
     clip_grad_norm: float = 0.0
     precise_bn: str = "never"
     bn_batches: Batches | None = None
+    features: CachedFeatures | None = None
+    owner: nn.Module | None = None  # the whole model, when `model` is a part of it (the head): what EMA averages
+    frozen: bool = field(init=False, default=False)
+    stepped: nn.Module = field(init=False)
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
         # Loss scaling is needed only for fp16 on CUDA; bf16 and fp32 pass through unchanged.
         fp16 = autocast_dtype(self.precision, self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda" and fp16)
-        if self.train_input is None:
-            self.train_input = lambda images: self.augment(self.prepare(images))
+        self.train_input = self.train_input or self.prepare
+        self.stepped = self._wrap()
+        self._head_run: TrainingRun | None = None
+
+    def _wrap(self) -> nn.Module:
+        """DDP over the parameters that train now (averaging their gradients over the processes, from rank 0's
+        weights), compiled if asked; both share their parameters with `model`."""
+        stepped = self.model
+        if self.world.distributed:
+            stepped = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                              if self.device.type == "cuda" else None)
+        return torch.compile(stepped) if self.compile else stepped  # opt-in (see docs/benchmarks.md)
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze the backbone (only the output layer trains, the backbone runs in evaluation mode) or unfreeze it.
+
+        Under DDP a changed trainable set gets a new DDP (measured in docs/distributed.md: a rebuild per
+        change costs nothing per step; find_unused_parameters would cost every step).
+        """
+        before = [parameter.requires_grad for parameter in self.model.parameters()]
+        set_backbone_trainable(self.model, not frozen)
+        self.frozen = frozen
+        if before != [parameter.requires_grad for parameter in self.model.parameters()] and self.world.distributed:
+            self.stepped = self._wrap()
 
     @property
     def evaluator(self) -> nn.Module:
         """What validates, is early-stopped on and is kept: the weight average, else the plain model."""
-        if self.ema is not None:
-            return self.ema.module
-        return self.eval_model if self.eval_model is not None else self.model
+        return self.ema.module if self.ema is not None else self.model
+
+    def head_run(self) -> TrainingRun:
+        """This run on the cached features: the head alone (the model's dropout and output layer, shared) stepped
+        by the same optimizer, schedule and loss scaler, its batches the features' (not augmented, not mixed)."""
+        if self._head_run is None:
+            head = classifier_head(self.model)
+            self._head_run = dataclasses.replace(
+                self, model=head, train_batches=self.features.train_batches, val_batches=self.features.val_batches,
+                prepare=lambda features: features.to(self.device, non_blocking=True), train_input=None,
+                compile=False, mix=None, precise_bn="never", bn_batches=None, features=None, owner=self.model)
+            self._head_run.scaler = self.scaler
+        return self._head_run
 
 
 def train_one_epoch(run: TrainingRun, desc: str = "train") -> float:
     """One pass over the training batches (augmented, after `prepare`); returns the mean loss per image.
 
     Under DDP the loss is this process's; the gradients are averaged over the processes by DDP.
-    The mean is the only value read back from the device, once, after the epoch.
     """
     total, count = train_epoch_on_device(run, desc)
     return total.item() / max(count, 1)
@@ -97,7 +139,7 @@ def train_epoch_on_device(run: TrainingRun, desc: str = "train") -> tuple[torch.
     torch.cuda.set_sync_debug_mode("error")). fp16's GradScaler is the exception: its step reads
     the inf check back (torch's design); bf16 and fp32 have none.
     """
-    run.model.train()
+    train_mode(run.model, frozen_backbone=run.frozen)
     total = torch.zeros((), dtype=torch.float32, device=run.device)  # float32: MPS has no float64
     count = 0
     progress = tqdm(run.train_batches, desc=desc, unit="batch", leave=False, mininterval=1.0,
@@ -109,7 +151,7 @@ def train_epoch_on_device(run: TrainingRun, desc: str = "train") -> tuple[torch.
         if mixing:
             images, partners, lam = run.mix(images, targets)
         with autocast(run.device, run.precision):
-            outputs = run.model(images)
+            outputs = run.stepped(images)
             loss = mixed_loss(run.criterion, outputs, targets, partners, lam) if mixing \
                 else run.criterion(outputs, targets)
         run.optimizer.zero_grad(set_to_none=True)
@@ -120,7 +162,7 @@ def train_epoch_on_device(run: TrainingRun, desc: str = "train") -> tuple[torch.
         run.scaler.step(run.optimizer)
         run.scaler.update()
         if run.ema is not None:
-            run.ema.update(run.model)
+            run.ema.update(run.owner or run.model)
         if run.scheduler_per_batch:
             run.scheduler.step()
         # Summed on the device: reading a loss back every step would stall a GPU's queue.
@@ -219,16 +261,14 @@ class EarlyStopping:
             copy.deepcopy(model.state_dict())
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitResult:
-    """What fit() reports: the best epoch, how many epochs ran, and per-epoch metrics."""
+    """What fit() reports: the best epoch, how many epochs ran, the best monitored value, per-epoch metrics."""
 
     best_epoch: int
     epochs_run: int
     best_value: float
     history: list[dict] = field(default_factory=list)
-    temperature: float = 1.0  # set by the train stage after calibrating on validation
-    calibration: Any = None  # the train stage's calibration.Calibration
 
 
 def run_state(run: TrainingRun, stopper: EarlyStopping, history: list[dict], epoch: int) -> dict:
@@ -256,6 +296,30 @@ def load_run_state(run: TrainingRun, stopper: EarlyStopping, state: dict) -> lis
     return list(state["history"])
 
 
+def run_epoch(run: TrainingRun, epoch: int, epochs: int, steps_per_epoch: int) -> tuple[dict, str]:
+    """Train one epoch (on the cached features while the backbone is frozen and they exist), then validate
+    what is kept; returns the epoch's metrics and its timing in words (kept out of the metrics, which a
+    resumed run must reproduce exactly)."""
+    start = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    on_features = run.frozen and run.features is not None
+    stepping = run.head_run() if on_features else run
+    total, count = train_epoch_on_device(stepping, desc=f"epoch {epoch}/{epochs} train")
+    train_loss = total.item() / max(count, 1)
+    train_seconds = time.perf_counter() - start
+    if not run.frozen and (run.precise_bn == "always" or (
+            run.precise_bn == "auto" and statistics_stale(run.model, epoch * steps_per_epoch, steps_per_epoch))):
+        recompute_statistics(run.evaluator, run.bn_batches, run.prepare)
+    judged = classifier_head(run.evaluator) if on_features else run.evaluator
+    val_loss, val_f1 = validate(judged, stepping.val_batches, stepping.prepare, run.device,
+                                desc=f"epoch {epoch}/{epochs} val", world=run.world)
+    if not run.scheduler_per_batch:
+        run.scheduler.step()
+    timing = f"{time.perf_counter() - start:.1f} s ({count * run.world.world_size / train_seconds:.0f} img/s" \
+             f"{', features' if on_features else ''})"
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}, timing
+
+
 def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_epochs: int = 0,
         on_epoch: Callable[[dict], None] = lambda metrics: None, resume_from: dict | None = None,
         save_state: Callable[[dict], None] | None = None) -> FitResult:
@@ -271,34 +335,24 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         on_epoch(metrics)  # the loggers' history is rebuilt, step for step
     first = len(history) + 1 if not stopper.should_stop else epochs + 1
     say = tqdm.write if run.world.is_main else (lambda text: None)
-    evaluator = run.evaluator
     steps_per_epoch = max(len(run.train_batches), 1)
     for epoch in range(first, epochs + 1):
         getattr(run.train_batches, "set_epoch", lambda e: None)(epoch)
-        lr = run.optimizer.param_groups[0]["lr"]
+        if run.features is not None:
+            getattr(run.features.train_batches, "set_epoch", lambda e: None)(epoch)
         if freeze_epochs:
-            stepped = run.set_frozen(epoch <= freeze_epochs)
-            if stepped is not None:
-                run.model = stepped
-        train_loss = train_one_epoch(run, desc=f"epoch {epoch}/{epochs} train")
-        if run.precise_bn == "always" or (
-                run.precise_bn == "auto" and statistics_stale(run.model, epoch * steps_per_epoch, steps_per_epoch)):
-            recompute_statistics(evaluator, run.bn_batches, run.prepare)
-        val_loss, val_f1 = validate(evaluator, run.val_batches, run.prepare, run.device,
-                                    desc=f"epoch {epoch}/{epochs} val", world=run.world)
-        if not run.scheduler_per_batch:
-            run.scheduler.step()
-        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_f1": val_f1, "lr": lr}
+            run.set_frozen(epoch <= freeze_epochs)
+        metrics, timing = run_epoch(run, epoch, epochs, steps_per_epoch)
         history.append(metrics)
-        improved = stopper.update(metrics[monitor], evaluator, epoch)
-        say(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                   f"val_f1 {val_f1:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
+        improved = stopper.update(metrics[monitor], run.evaluator, epoch)
+        say(f"epoch {epoch}/{epochs}: train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+            f"val_f1 {metrics['val_f1']:.4f}  lr {metrics['lr']:.2e}  {timing}{'  *best' if improved else ''}")
         on_epoch(metrics)
         if save_state is not None:
             save_state(run_state(run, stopper, history, epoch))
         if stopper.should_stop:
             say(f"early stopping: no {monitor} improvement for {patience} epochs")
             break
-    stopper.restore(evaluator)
-    return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history),
-                     best_value=stopper.best_value, history=history)
+    stopper.restore(run.evaluator)
+    return FitResult(best_epoch=stopper.best_epoch, epochs_run=len(history), best_value=stopper.best_value,
+                     history=history)

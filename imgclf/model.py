@@ -1,14 +1,26 @@
-"""Model building: any torchvision classifier, optional pretrained weights, a new output layer for our classes."""
+"""Model building: any torchvision or timm classifier, optional pretrained weights, a new output layer for our classes.
+
+`train.arch` is a torchvision name (`resnet18`, `efficientnet_b0`) or `timm/<name>` with timm's own
+names and pretrained tags (`timm/convnext_tiny`, `timm/resnet50.a1_in1k`). The preprocessing the weights
+were trained with (mean, std, input size) comes with them: timm's `pretrained_cfg`, torchvision's
+weights meta, or the TensorFlow port's 0.5 / 0.5 for efficientnet_pytorch's layout.
+"""
 
 from __future__ import annotations
 
-import os
+import difflib
+from dataclasses import dataclass
 
-import torch
 import torchvision
 from torch import nn
 
-from imgclf.errors import ConfigError, DataError
+from imgclf.errors import ConfigError
+from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD
+from imgclf.weights import EFFICIENTNET_PYTORCH, load_weights_file
+
+TIMM = "timm/"
+# TensorFlow's EfficientNet(-Lite) ports (efficientnet_pytorch's layout) take inputs scaled to [-1, 1].
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
 
 def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -53,6 +65,49 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
         parameter.requires_grad_(trainable or id(parameter) in head)
 
 
+def head_dropout(model: nn.Module) -> nn.Dropout | None:
+    """The Dropout right before the output layer (its sibling registered just before it), or None.
+
+    torchvision's heads and replace_head's have it as a module; timm's models apply `drop_rate`
+    functionally in forward_head instead (reported here as a Dropout of that rate, not part of the model).
+    """
+    name, linear = output_layer(model)
+    parent_name, _, attr = name.rpartition(".")
+    siblings = list(model.get_submodule(parent_name).named_children())
+    position = [child_name for child_name, _ in siblings].index(attr)
+    if position > 0 and isinstance(siblings[position - 1][1], nn.Dropout):
+        return siblings[position - 1][1]
+    rate = getattr(model, "drop_rate", 0.0)
+    return nn.Dropout(float(rate)) if isinstance(rate, (int, float)) and rate > 0 else None
+
+
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The model's dropout and output layer as a module of their own (the Linear shared, not copied): what trains on
+    the frozen backbone's pooled features, which are exactly the output layer's input in evaluation mode."""
+    dropout = head_dropout(model)
+    linear = output_layer(model)[1]
+    return nn.Sequential(dropout, linear) if dropout is not None else nn.Sequential(linear)
+
+
+def train_mode(model: nn.Module, frozen_backbone: bool = False) -> None:
+    """Put `model` in training mode; with a frozen backbone, only the output layer and the dropout before it.
+
+    A frozen backbone runs in evaluation mode: its BatchNorm statistics stay those it came with (the
+    Keras transfer-learning guide's advice) and its stochastic depth is off, so a frozen epoch sees the
+    very features that features-once computes. The top module keeps its training flag, which timm's
+    functional head dropout reads.
+    """
+    model.train(True)
+    if not frozen_backbone:
+        return
+    model.eval()
+    model.training = True
+    output_layer(model)[1].train()
+    dropout = head_dropout(model)
+    if dropout is not None:
+        dropout.train()
+
+
 def _drop_aux_heads(model: nn.Module) -> None:
     """Inception-style auxiliary classifiers only serve ImageNet training; drop them."""
     if getattr(model, "aux_logits", False):
@@ -62,36 +117,117 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, attr, None)
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a local state_dict file (as torchvision distributes them) into `model`, strictly and safely."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the weights want their input: the mean and std to normalise with, the side they were trained at."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int | None  # None: trained from scratch here, or a file that does not say
+    source: str  # where these came from, for the log and model.pt
+
+    def metadata(self) -> dict:
+        """The keys model.pt and model.onnx carry: mean, std, weights_input_size, preprocessing."""
+        return {"mean": list(self.mean), "std": list(self.std), "weights_input_size": self.input_size,
+                "preprocessing": self.source}
+
+
+def is_timm(arch: str) -> bool:
+    """True for `timm/<name>` architectures."""
+    return arch.startswith(TIMM)
+
+
+def check_arch(arch: str) -> None:
+    """Refuse an architecture neither torchvision nor timm has, in one line with the closest names."""
+    if is_timm(arch):
+        import timm
+
+        name = arch[len(TIMM):]
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(TIMM + c for c in close)}?)" if close else ""
+            raise ConfigError(f"train.arch: unknown timm model '{name}'{hint}")
+        if "." in name:
+            try:
+                timm.models.get_pretrained_cfg(name)
+            except RuntimeError:
+                tags = ", ".join(TIMM + t for t in timm.list_pretrained(name.split(".")[0] + ".*")[:4])
+                raise ConfigError(f"train.arch: timm has no pretrained tag '{name}'"
+                                  f"{f' (it has {tags})' if tags else ''}") from None
+        return
+    archs = torchvision.models.list_models(module=torchvision.models)
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"train.arch: unknown torchvision classification model '{arch}'{hint}; "
+                          f"timm's models are named timm/<name>")
+
+
+def _timm_model(arch: str, num_classes: int, dropout: float, pretrained: bool) -> nn.Module:
+    """timm's model with `num_classes` outputs and `dropout` before them (timm's drop_rate); its default weights
+    (through timm's own download and cache: the Hugging Face Hub) when `pretrained`, the new classifier aside."""
+    import timm
+
+    name = arch[len(TIMM):]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"train.pretrained: weights file {path} not found") from None
-    except Exception as err:  # weights_only refuses pickled code; any failure means an unusable file
-        raise DataError(f"{path}: not a loadable weights file ({str(err).splitlines()[0]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise DataError(f"{path}: expected a state_dict, got {type(state).__name__}")
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout)
+    except Exception as err:  # offline and not in the cache, the Hub unreachable, a file missing from it
+        if not pretrained:
+            raise
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"train.pretrained: cannot get timm's default weights for {name} from the Hugging Face "
+                          f"Hub (offline? {type(err).__name__}: {first}); download them once where there is a "
+                          f"network, or set train.pretrained to a local weights file") from None
+
+
+def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
+    """torchvision's model as torchvision builds it (1000 classes), with its default weights when `pretrained`."""
+    if not pretrained:
+        return torchvision.models.get_model(arch, weights=None)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise DataError(f"{path}: weights do not match the architecture "
-                        f"({str(err).splitlines()[0]})") from None
+        return torchvision.models.get_model(arch, weights="DEFAULT")
+    except Exception as err:  # no network and nothing in torch's cache
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"train.pretrained: cannot get torchvision's default weights for {arch} (offline? "
+                          f"{type(err).__name__}: {first}); download them once where there is a network, or set "
+                          f"train.pretrained to a local weights file") from None
+
+
+def preprocessing_of(arch: str, model: nn.Module, pretrained: str, layout: str | None = None) -> Preprocessing:
+    """The mean, std and input size `pretrained` (none | default | a file in `layout`) was trained with."""
+    if layout == EFFICIENTNET_PYTORCH:
+        return Preprocessing(TF_MEAN, TF_STD, 224, "efficientnet_pytorch's TensorFlow port (mean = std = 0.5)")
+    if is_timm(arch):
+        cfg = model.pretrained_cfg
+        tag = f"{cfg.get('architecture')}.{cfg.get('tag')}" if cfg.get("tag") else arch[len(TIMM):]
+        size = int(cfg["input_size"][-1]) if pretrained != "none" and cfg.get("input_size") else None
+        return Preprocessing(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), size,
+                             f"timm's pretrained_cfg of {tag}")
+    if pretrained == "default":
+        transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        return Preprocessing(tuple(transforms.mean), tuple(transforms.std), int(transforms.crop_size[0]),
+                             f"torchvision's weights meta of {arch}")
+    return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, None, "ImageNet's (torchvision's convention)")
+
+
+def build_pretrained(arch: str, num_classes: int, dropout: float,
+                     pretrained: str = "none") -> tuple[nn.Module, Preprocessing]:
+    """Build `arch` with `pretrained` weights (none | default | a local file) and a new output layer for
+    `num_classes`, with `dropout` before it; and the preprocessing those weights want."""
+    layout = None
+    if is_timm(arch):
+        model = _timm_model(arch, num_classes, dropout, pretrained == "default")
+        if pretrained not in ("none", "default"):
+            layout = load_weights_file(model, pretrained, output_layer(model)[0])
+        return model, preprocessing_of(arch, model, pretrained, layout)
+    model = _torchvision_model(arch, pretrained == "default")
+    if pretrained not in ("none", "default"):
+        layout = load_weights_file(model, pretrained, output_layer(model)[0])
+    _drop_aux_heads(model)
+    preprocessing = preprocessing_of(arch, model, pretrained, layout)
+    return replace_head(model, num_classes, dropout), preprocessing
 
 
 def build_model(arch: str, num_classes: int, dropout: float, pretrained: str = "none") -> nn.Module:
-    """Build torchvision's `arch`, load `pretrained` (none | default | a file), then replace its head."""
-    if pretrained == "default":
-        try:
-            model = torchvision.models.get_model(arch, weights="DEFAULT")
-        except (OSError, RuntimeError) as err:  # no network and nothing in torch's cache
-            raise ConfigError(f"train.pretrained: cannot get torchvision's default weights for {arch} "
-                              f"(offline? use a local weights file instead): {err}") from None
-    else:
-        model = torchvision.models.get_model(arch, weights=None)
-        if pretrained != "none":
-            load_weights_file(model, pretrained)
-    _drop_aux_heads(model)
-    return replace_head(model, num_classes, dropout)
+    """Build `arch` (torchvision's or timm/<name>) with `pretrained` weights and a new output layer for our classes."""
+    return build_pretrained(arch, num_classes, dropout, pretrained)[0]

@@ -5,7 +5,7 @@
 
 - `dvc.yaml` loses the `demo` stage block, and nothing else (a text edit, so the diff is those lines);
 - `params.yaml` loses the `demo:` section; `dvc.lock` loses the demo's entry, when there is one;
-- `data/.gitignore` loses the demo's outputs (`dvc add` writes its own lines back);
+- `data/.gitignore` loses the demo's outputs (`dvc add` writes its own lines back, which a second run keeps);
 - the files the demo wrote (`data/raw/<digit>/digit_NNNN.png`, `data/predict/image_NNNN.png`) are
   deleted, and anything else in those folders is kept and listed, so no image of yours is lost;
 - `data/raw/` and `data/predict/` exist afterwards (empty unless you had put files there), so that
@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from imgclf.artifacts import write_text
-from imgclf.errors import DataError, stage_main
+from imgclf.entry import stage_main
+from imgclf.errors import DataError
 
 DEMO_STAGE = "demo"
 DEMO_OUTPUTS = ("data/raw", "data/predict")
@@ -101,8 +102,10 @@ def switch_to_own_data(root: str | Path = ".") -> list[str]:
             write_text(lock, yaml.safe_dump(data, sort_keys=False))
             done.append(f"{lock}: removed the `{DEMO_STAGE}` entry")
     ignore = root / "data" / ".gitignore"
-    if ignore.is_file():
-        names = {"/" + Path(output).name for output in DEMO_OUTPUTS}
+    # The demo's output lines go, but not those `dvc add data/raw data/predict` wrote back for the user's own
+    # data (it writes data/raw.dvc beside them): a second run must not let `git add -A` take the images.
+    names = {"/" + Path(output).name for output in DEMO_OUTPUTS if not (root / f"{output}.dvc").exists()}
+    if ignore.is_file() and names:
         lines = ignore.read_text(encoding="utf-8").splitlines()
         keep = [line for line in lines if line.strip() not in names]
         if keep != lines:

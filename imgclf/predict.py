@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
 from imgclf.config import Device, load_section, param
-from imgclf.errors import ConfigError, DataError, stage_main, worker_pool
+from imgclf.entry import stage_main
+from imgclf.errors import ConfigError, DataError
 from imgclf.images import Geometry, list_inputs, load_input_or_error
+from imgclf.workers import worker_pool
 
 # Imported only for the model format in use (torch for .pt, onnxruntime for .onnx); listed so that
 # dvc.yaml's dependency check sees them (tests/unit/test_dvc_yaml.py).

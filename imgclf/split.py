@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from imgclf.artifacts import write_json, write_rows
 from imgclf.config import param
-from imgclf.errors import ConfigError, DataError, worker_pool
+from imgclf.errors import ConfigError, DataError
 from imgclf.images import check_decodes, describe_error, has_image_extension, is_hidden
+from imgclf.workers import worker_pool
 
 
 @dataclass(frozen=True)

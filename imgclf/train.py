@@ -1,12 +1,13 @@
-"""The train stage's logic: its params, batches from the decoded split, balancing, optimizer, schedule, checkpoint.
+"""The train stage's logic: its params, and one training run read top to bottom: set up, fit, finish.
 
-The epoch loop itself (early stopping, best weights) is `imgclf/fit.py`.
+Set-up reads the decoded split, builds the model with its weights' preprocessing, and (while the
+backbone is frozen) the features computed once; fit (`imgclf/fit.py`) runs the epochs; finish
+calibrates the best model, judges it against chance and writes model.pt.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import random
 from dataclasses import dataclass
@@ -15,29 +16,25 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
-from imgclf.augment import AugmentConfig, TrainInput
+from imgclf.augment.input import AugmentConfig, TrainInput
+from imgclf.augment.mixing import BatchMix
 from imgclf.baseline import MIN_IMAGES, learned_nothing, prior_loss
-from imgclf.batches import DecodedBatches
-from imgclf.calibration import calibrate
+from imgclf.calibration import Calibration, calibrate
 from imgclf.checkpoint import save_checkpoint
 from imgclf.config import Device, param
-from imgclf.distributed import DistributedWeightedSampler, World, shard
+from imgclf.distributed import World
 from imgclf.ema import WeightAverage
 from imgclf.errors import ConfigError, TrainingError
-from imgclf.fit import FitResult, TrainingRun, all_logits, fit
-from imgclf.images import Geometry
+from imgclf.features import FeatureCounts, FeatureStore, feature_set_id, features_of
+from imgclf.fit import CachedFeatures, FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
-from imgclf.mixing import BatchMix
-from imgclf.model import build_model, output_layer, set_backbone_trainable
+from imgclf.model import Preprocessing, build_pretrained, check_arch, classifier_head
+from imgclf.optim import make_optimizer, make_scheduler, parameter_groups
 from imgclf.resume import EverySeconds, Fingerprint, StateWriter, load_state, remove_state
-from imgclf.split_files import read_split
-from imgclf.store import StoredSplit, paths_digest
-from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
+from imgclf.train_data import SplitData, make_bn_batches, make_train_batches, make_val_batches, read_data
+from imgclf.transforms import ModelInput, memory_format
 
 
 @dataclass(frozen=True)
@@ -45,8 +42,14 @@ class TrainConfig:
     """Params of the `train` stage."""
 
     input_size: int = param("model input side, centre-cropped from the stored images (0: decode.image_size)", ge=0)
-    arch: str = param("any torchvision classification model name (resnet18, efficientnet_b0, ...)")
-    pretrained: str = param("none | default (torchvision's weights) | path to a local weights file")
+    arch: str = param("a torchvision classification model (resnet18, efficientnet_b0, ...) or timm/<name> with "
+                      "timm's names and pretrained tags (timm/tf_efficientnet_lite0, timm/resnet50.a1_in1k, ...)")
+    pretrained: str = param("none | default (the architecture's default weights, through torchvision's or timm's "
+                            "own download and cache) | path to a local .pth, .pt, .bin or .safetensors file")
+    mean: tuple[float, float, float] | None = param("per-channel mean to normalise inputs with (null: what the "
+                                                    "weights were trained with; ImageNet's from scratch)")
+    std: tuple[float, float, float] | None = param("per-channel std to normalise inputs with (null: the weights')",
+                                                   gt=0)
     batch_size: int = param("images per training step", ge=1)
     epochs: int = param("maximum number of epochs", ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = param("optimizer")
@@ -59,8 +62,11 @@ class TrainConfig:
     gamma: float = param("StepLR: multiplicative decay", gt=0, le=1)
     warmup_epochs: int = param("epochs of linear learning-rate warmup from lr/10 (onecycle: its rising phase)",
                               ge=0)
-    freeze_epochs: int = param("epochs that train only the new output layer before the backbone is unfrozen",
-                              ge=0)
+    freeze_epochs: int = param("epochs that train only the new output layer (the backbone frozen, in evaluation "
+                               "mode) before the backbone is unfrozen; >= epochs: the head alone throughout", ge=0)
+    cache_features: bool = param("while the backbone is frozen, compute each image's features once (un-augmented, "
+                                 "kept by content beside DVC's cache) and train the head on them; false: every "
+                                 "frozen epoch runs the augmented images through the backbone")
     label_smoothing: float = param("CrossEntropyLoss label smoothing", ge=0, lt=1)
     mixup_alpha: float = param("mixup: Beta(alpha, alpha) mixing of image pairs in a batch (0 = off)", ge=0)
     cutmix_alpha: float = param("cutmix: Beta(alpha, alpha) box pasting between image pairs (0 = off); with "
@@ -84,7 +90,7 @@ class TrainConfig:
     augment: AugmentConfig = param("training augmentation")
     nproc_per_node: int = param("training processes on this machine, as torchrun's --nproc-per-node: one per GPU "
                                 "(NCCL), or CPU processes (gloo); batch_size is per process", ge=1)
-    compile: bool = param("wrap the model in torch.compile for training (opt-in; see the README's Speed section)")
+    compile: bool = param("wrap the model in torch.compile for training (opt-in; measured in docs/benchmarks.md)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = param(
         "training autocast: auto is bf16 on CUDA GPUs with native bf16 (Ampere, sm 8.0+), fp16 with loss scaling "
         "on older ones, fp32 elsewhere; bf16/fp16 force it. Validation always runs in fp32")
@@ -94,19 +100,44 @@ class TrainConfig:
     device: Device = param("auto: cuda, then mps, then cpu; cuda:N for one GPU of several")
 
     def validate(self) -> None:
-        """The architecture must exist in torchvision; a local weights file must exist."""
-        archs = torchvision.models.list_models(module=torchvision.models)
-        if self.arch not in archs:
-            close = difflib.get_close_matches(self.arch, archs, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"train.arch: unknown torchvision classification model "
-                              f"'{self.arch}'{hint}")
-        for key in ("warmup_epochs", "freeze_epochs"):
-            if getattr(self, key) >= self.epochs:
-                raise ConfigError(f"train.{key}: must be < train.epochs ({self.epochs}), got {getattr(self, key)}")
+        """The architecture must exist in torchvision or timm; a local weights file must exist."""
+        check_arch(self.arch)
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"train.warmup_epochs: must be < train.epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.pretrained not in ("none", "default") and not os.path.isfile(self.pretrained):
             raise ConfigError(f"train.pretrained: must be none, default or an existing weights "
                               f"file; '{self.pretrained}' does not exist")
+
+    @property
+    def head_only(self) -> bool:
+        """True when the backbone stays frozen for every epoch (freeze_epochs >= epochs)."""
+        return self.freeze_epochs >= self.epochs
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What train_model reports once model.pt is written: how fitting went, how it was calibrated and judged."""
+
+    fit: FitResult
+    calibration: Calibration
+    val_loss: float  # calibrated (at the fitted temperature), the learned-nothing judgement's
+    prior_loss: float
+    features: FeatureCounts | None  # while frozen: the images whose features were computed now and reused
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights were kept."""
+        return self.fit.best_epoch
+
+    @property
+    def epochs_run(self) -> int:
+        """How many epochs ran (fewer than train.epochs after early stopping)."""
+        return self.fit.epochs_run
+
+    @property
+    def history(self) -> list[dict]:
+        """Per-epoch metrics."""
+        return self.fit.history
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -115,71 +146,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def parameter_groups(cfg: TrainConfig, model: nn.Module) -> list[dict] | list[nn.Parameter]:
-    """The optimizer's parameter groups: the output layer's first, then the backbone's at lr x backbone_lr_factor,
-    each split into decayed weights and norm-layer weights and biases at norm_weight_decay.
-
-    With the defaults (one learning rate, one weight decay) it is model.parameters() itself, the classic recipe.
-    """
-    if cfg.backbone_lr_factor == 1.0 and cfg.norm_weight_decay is None:
-        return list(model.parameters())
-    head = {id(p) for p in output_layer(model)[1].parameters()}
-    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-                  nn.modules.instancenorm._InstanceNorm)
-    no_decay = set()
-    for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            # torchvision's reference (norm_weight_decay) covers norm layers; timm also exempts every bias.
-            if isinstance(module, norm_types) or name == "bias":
-                no_decay.add(id(parameter))
-    groups: dict[tuple[bool, bool], list] = {}
-    for parameter in model.parameters():
-        groups.setdefault((id(parameter) in head, id(parameter) in no_decay), []).append(parameter)
-    norm_decay = cfg.weight_decay if cfg.norm_weight_decay is None else cfg.norm_weight_decay
-    return [{"params": params, "lr": cfg.lr * (1.0 if is_head else cfg.backbone_lr_factor),
-             "weight_decay": norm_decay if is_norm else cfg.weight_decay}
-            for (is_head, is_norm), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
-
-
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """Adam (the classic recipe), AdamW or SGD with momentum, as `cfg.optimizer` says (groups may set their own lr)."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
-                   steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-    """The learning-rate schedule of `cfg.scheduler` with its warmup; returns (scheduler, steps per batch?)."""
-    sched = torch.optim.lr_scheduler
-    if cfg.scheduler == "onecycle":
-        # OneCycleLR warms up by design; warmup_epochs sets its rising phase (default 30%, as PyTorch's).
-        rising = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
-        # Each group peaks at its own lr (the backbone's is lr x backbone_lr_factor).
-        peaks = [group["lr"] for group in optimizer.param_groups]
-        return sched.OneCycleLR(optimizer, max_lr=peaks, total_steps=cfg.epochs * max(steps_per_epoch, 1),
-                                pct_start=rising), True
-    if cfg.scheduler == "cosine":
-        main = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
-    else:
-        main = sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if not cfg.warmup_epochs:
-        return main, False
-    warmup = sched.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
-    return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs]), False
-
-
-def open_split(decoded_dir: str | os.PathLike, split: str, paths: Sequence[str], input_size: int) -> StoredSplit:
-    """A split of the decode stage's store, centre-cropped to `input_size` (0: the stored size), checked."""
-    images = StoredSplit(decoded_dir, split, paths_digest(list(paths)))
-    if input_size > images.stored_size:
-        raise ConfigError(f"train.input_size: {input_size} px is larger than the stored images "
-                          f"(decode.image_size {images.stored_size}); set it to at most that, or 0")
-    return images.cropped(input_size or images.stored_size)
 
 
 def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
@@ -192,54 +158,6 @@ def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
         size = f"{needed} px" if needed else "a larger size"
         raise ConfigError(f"train.arch: {arch} cannot take {image_size} px images ({str(err).splitlines()[0][:120]}); "
                           f"it needs {size}: set decode.image_size accordingly") from None
-
-
-def make_train_batches(images: np.ndarray, targets: Sequence[int], balance: str, batch_size: int,
-                       class_weights: Sequence[float], generator: torch.Generator,
-                       device: torch.device, world: World = World(), seed: int = 0) -> DecodedBatches:
-    """Training batches; with balance=sampler, drawn by a WeightedRandomSampler (with replacement).
-
-    In one process that is torch's WeightedRandomSampler (or RandomSampler) drawing from `generator`,
-    the classic recipe. Under DDP each process takes its shard of one shared draw per epoch, seeded
-    by `seed` and the epoch (DistributedWeightedSampler); `batch_size` is per process.
-    """
-    # Per-sample weights from the known targets: no image is decoded to find its label.
-    sample_weights = [class_weights[t] for t in targets] if balance == "sampler" else None
-    if world.distributed:
-        sampler = DistributedWeightedSampler(sample_weights, len(targets), world_size=world.world_size,
-                                             rank=world.rank, seed=seed)
-    elif sample_weights is not None:
-        sampler = WeightedRandomSampler(torch.tensor(sample_weights, dtype=torch.double), num_samples=len(targets),
-                                        replacement=True, generator=generator)
-    else:
-        sampler = RandomSampler(range(len(targets)), generator=generator)
-    # A last batch of one image breaks BatchNorm in training mode; drop it only in that case.
-    drop_last = len(sampler) % batch_size == 1 and len(sampler) > 1
-    return DecodedBatches(images, targets, BatchSampler(sampler, batch_size, drop_last),
-                          pin_memory=device.type == "cuda")
-
-
-def make_val_batches(images: np.ndarray, targets: Sequence[int], batch_size: int,
-                     device: torch.device, world: World = World()) -> DecodedBatches:
-    """Validation batches in file order, never augmented; under DDP this process's shard (no padding)."""
-    positions = shard(len(targets), world)
-    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, False),
-                          pin_memory=device.type == "cuda")
-
-
-def make_bn_batches(images: np.ndarray, targets: Sequence[int], batch_size: int, device: torch.device,
-                    world: World, seed: int) -> DecodedBatches:
-    """Training images for precise BN: centre-cropped, never augmented, in one fixed shuffled order (this rank's shard).
-
-    Shuffled because the split lists images class by class: batches of one class each would average
-    within-class variances only, and BatchNorm would divide by far too small a deviation. The order
-    comes from its own seeded permutation, so no random number of the training run is drawn.
-    """
-    order = np.random.default_rng(seed).permutation(len(targets))
-    positions = [int(order[i]) for i in shard(len(targets), world)]
-    drop_last = len(positions) % batch_size == 1 and len(positions) > 1  # a batch of one: as make_train_batches
-    return DecodedBatches(images, targets, BatchSampler(positions, batch_size, drop_last),
-                          pin_memory=device.type == "cuda")
 
 
 def training_device(cfg: TrainConfig, world: World) -> torch.device:
@@ -274,17 +192,138 @@ def set_speed_options(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
 
+def cached_features(cfg: TrainConfig, world: World, model: nn.Module, data: SplitData, preprocessing: Preprocessing,
+                    prepare: ModelInput, features_dir: str | os.PathLike | None, class_weights: Sequence[float],
+                    generator: torch.Generator, device: torch.device) -> tuple[CachedFeatures, FeatureCounts]:
+    """The frozen backbone's features of every training and validation image, from the store or computed once.
+
+    Rank 0 computes and stores what is missing; under DDP the other ranks then read the store (or,
+    without one, compute their own).
+    """
+    store_id = feature_set_id(model, cfg.arch, data.pixels, preprocessing.mean, preprocessing.std)
+    tables, counts = {}, FeatureCounts(0, 0)
+    for turn in ("main", "others"):
+        if (turn == "main") == world.is_main or features_dir is None:
+            store = FeatureStore(features_dir, store_id)
+            for split, images in (("train", data.cropped_train), ("val", data.val_images)):
+                tables[split], done = features_of(model, images, images.content_keys(), prepare, store,
+                                                  cfg.batch_size, desc=f"features {split}")
+                counts += done
+        world.broadcast(None)  # rank 0 has written what the others read
+    train_batches = make_train_batches(tables["train"], data.train["target"], cfg.balance, cfg.batch_size,
+                                       class_weights, generator, device, world, cfg.seed)
+    val_batches = make_val_batches(tables["val"], data.val["target"], cfg.batch_size, device, world)
+    return CachedFeatures(train_batches, val_batches), counts
+
+
+def build_run(cfg: TrainConfig, world: World, device: torch.device, model: nn.Module, data: SplitData,
+              prepare: ModelInput, class_weights: Sequence[float], generator: torch.Generator,
+              features: CachedFeatures | None) -> TrainingRun:
+    """Batches, loss, optimizer, schedule and the recipe's parts around `model`, as one TrainingRun."""
+    train_batches = make_train_batches(data.train_images, data.train["target"], cfg.balance, cfg.batch_size,
+                                       class_weights, generator, device, world, cfg.seed)
+    val_batches = make_val_batches(data.val_images, data.val["target"], cfg.batch_size, device, world)
+    loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
+    optimizer = make_optimizer(cfg, parameter_groups(cfg, model))
+    scheduler, per_batch = make_scheduler(cfg, optimizer, len(train_batches))
+    return TrainingRun(
+        model=model, train_batches=train_batches, val_batches=val_batches, prepare=prepare,
+        criterion=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing),
+        optimizer=optimizer, scheduler=scheduler, device=device, precision=cfg.precision,
+        train_input=TrainInput(cfg.augment, prepare, data.cropped_train.shape[-1], generator),
+        scheduler_per_batch=per_batch, generator=generator, world=world, compile=cfg.compile,
+        mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
+        ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None, clip_grad_norm=cfg.clip_grad_norm,
+        precise_bn=cfg.precise_bn, features=features,
+        bn_batches=make_bn_batches(data.cropped_train, data.train["target"], cfg.batch_size, device, world, cfg.seed))
+
+
+def resume_point(cfg: TrainConfig, world: World, device: torch.device, data: SplitData, classes: Sequence[str],
+                 class_weights: Sequence[float], inputs: Sequence[Path], state_path: str | os.PathLike | None,
+                 say: Callable[..., None]) -> tuple[dict | None, EverySeconds | None]:
+    """(the saved state to resume from or None, the writer of the next states) for a run with a state path.
+
+    Rank 0 decides and the others follow, receiving its state: on machines without a shared .cache,
+    ranks deciding alone would start at different epochs and wait on each other.
+    """
+    if state_path is None:
+        return None, None
+    dtype = autocast_dtype(cfg.precision, device) or torch.float32
+    fingerprint = Fingerprint.of(dataclasses.asdict(cfg), inputs,
+                                 setup={"device": device.type, "autocast": str(dtype).removeprefix("torch.")},
+                                 classes=list(classes), class_weights=list(class_weights), world_size=world.world_size)
+    resume_from = world.broadcast(load_state(state_path, fingerprint) if world.is_main else None)
+    if resume_from is not None:
+        say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
+    return resume_from, EverySeconds(StateWriter(state_path, fingerprint), cfg.state_every) if world.is_main else None
+
+
+def final_val_logits(cfg: TrainConfig, run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept model's float32 validation logits: on the cached features when the head alone trained, else on
+    the validation images (the same numbers either way, up to float rounding: the backbone was frozen)."""
+    if cfg.head_only and run.features is not None:
+        head = run.head_run()
+        return all_logits(classifier_head(run.model), head.val_batches, head.prepare, run.device, "calibrate",
+                          run.world)
+    return all_logits(run.model, run.val_batches, run.prepare, run.device, "calibrate", run.world)
+
+
+def judge(cfg: TrainConfig, fitted: FitResult, logits: torch.Tensor, targets: torch.Tensor, loss: float,
+          prior: float, classes: Sequence[str], say: Callable[..., None]) -> None:
+    """Refuse a model that learned nothing (baseline.learned_nothing, allowing for the best of the epochs run);
+    on fewer than MIN_IMAGES validation images, where that cannot be told from chance, keep it with a warning."""
+    reason = learned_nothing(loss, prior, logits.argmax(1).numpy(), targets.numpy(), classes, fitted.epochs_run)
+    if reason is not None and len(targets) < MIN_IMAGES:
+        say(f"warning: on only {len(targets)} validation images the best model looks as if it learned nothing "
+            f"({reason}); with fewer than {MIN_IMAGES} that cannot be told apart from chance, so it is kept")
+    elif reason is not None:
+        raise TrainingError(f"train: the best model (epoch {fitted.best_epoch} of {fitted.epochs_run}) learned nothing "
+                            f"on the {len(targets)} validation images: {reason}; no model was written. Try more "
+                            f"epochs, another train.lr, train.pretrained, a larger decode.image_size, more images, "
+                            f"or train.precise_bn: always")
+
+
+def finish(cfg: TrainConfig, run: TrainingRun, fitted: FitResult, data: SplitData, preprocessing: Preprocessing,
+           classes: Sequence[str], model_path: str | os.PathLike, features: FeatureCounts | None,
+           say: Callable[..., None]) -> TrainedModel:
+    """Calibrate the best model on the validation set, judge it, write model.pt (rank 0), say how it went."""
+    model = run.model
+    if run.ema is not None:
+        model.load_state_dict(run.ema.module.state_dict())  # the best epoch's average is the model
+    # Temperature scaling on the validation set, in float32: the best model's confidences made to mean what they say.
+    logits, targets = final_val_logits(cfg, run)
+    calibration = calibrate(logits, targets)
+    # Judged at the fitted temperature: an accurate but overconfident model has a large raw loss, yet learned.
+    val_loss = torch.nn.functional.cross_entropy(logits / calibration.fitted, targets).item()
+    prior = prior_loss(data.train["target"], targets.numpy(), len(classes))
+    judge(cfg, fitted, logits, targets, val_loss, prior, classes, say)
+    if run.world.is_main:
+        save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), **data.geometry.metadata(),
+                        **preprocessing.metadata(), dropout=cfg.dropout, params=dataclasses.asdict(cfg),
+                        best_epoch=fitted.best_epoch, epochs_run=fitted.epochs_run,
+                        temperature=calibration.temperature, val_loss_calibrated=val_loss, prior_loss=prior,
+                        val_images=len(targets))
+    monitored = fitted.history[fitted.best_epoch - 1][cfg.monitor] if fitted.best_epoch else fitted.best_value
+    still = "; still improving: more epochs may help" if fitted.best_epoch == fitted.epochs_run == cfg.epochs \
+        and cfg.epochs > 1 else ""
+    say(f"best epoch {fitted.best_epoch} of {fitted.epochs_run} ({cfg.monitor} {monitored:.4f}){still}; "
+        f"{calibration.describe()}; wrote {model_path}")
+    return TrainedModel(fitted, calibration, val_loss, prior, features)
+
+
 def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | os.PathLike,
                 decoded_dir: str | os.PathLike, classes: Sequence[str], class_weights: Sequence[float],
                 model_path: str | os.PathLike, on_epoch: Callable[[dict], None] = lambda metrics: None,
-                state_path: str | os.PathLike | None = None) -> FitResult:
+                state_path: str | os.PathLike | None = None,
+                features_dir: str | os.PathLike | None = None) -> TrainedModel:
     """Train `cfg.arch` on the decoded split, keep the best epoch's weights, and write them to `model_path`.
 
     With `state_path`, the whole training state is saved there after every epoch (or every
-    `cfg.state_every` seconds, resume.EverySeconds); a later call with
-    the same params, inputs and device set-up resumes from it (bit-exact on the CPU), and a completed
-    run removes it. Under torchrun (several processes) only rank 0 writes, prints and calls
-    `on_epoch`, and rank 0 alone decides whether to resume (the others receive its state).
+    `cfg.state_every` seconds, resume.EverySeconds); a later call with the same params, inputs and
+    device set-up resumes from it (bit-exact on the CPU), and a completed run removes it.
+    `features_dir` keeps the frozen backbone's features for the next run (features.FeatureStore).
+    Under torchrun (several processes) only rank 0 writes, prints and calls `on_epoch`, and rank 0
+    alone decides whether to resume (the others receive its state).
     """
     world = World.from_env()
     device = training_device(cfg, world)
@@ -292,166 +331,57 @@ def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | o
         torch.cuda.set_device(device)  # NCCL and broadcast_object_list use the current GPU
     world.start(device)
     try:
-        return _train(cfg, world, device, train_csv, val_csv, decoded_dir, classes, class_weights, model_path,
-                      on_epoch, state_path)
+        return _train(cfg, world, device, Path(train_csv), Path(val_csv), Path(decoded_dir), classes, class_weights,
+                      model_path, on_epoch, state_path, features_dir)
     finally:
         world.stop()  # on every exit path: an error, Ctrl-C, or done (NCCL warns about a group left open)
 
 
-def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: str | os.PathLike,
-           val_csv: str | os.PathLike, decoded_dir: str | os.PathLike, classes: Sequence[str],
-           class_weights: Sequence[float], model_path: str | os.PathLike, on_epoch: Callable[[dict], None],
-           state_path: str | os.PathLike | None) -> FitResult:
-    """train_model's work once the process group (if any) is joined."""
+def _train(cfg: TrainConfig, world: World, device: torch.device, train_csv: Path, val_csv: Path, decoded_dir: Path,
+           classes: Sequence[str], class_weights: Sequence[float], model_path: str | os.PathLike,
+           on_epoch: Callable[[dict], None], state_path: str | os.PathLike | None,
+           features_dir: str | os.PathLike | None) -> TrainedModel:
+    """train_model's work once the process group (if any) is joined: set up, fit, finish."""
     say = print if world.is_main else (lambda *args, **kwargs: None)
-    # Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
+    # Set up. Rank 0 of any world seeds as a single process does; other ranks draw their own augmentation.
     generator = seed_everything(cfg.seed + world.rank)
-    train_frame, val_frame = read_split(train_csv, classes), read_split(val_csv, classes)
-    cropped_train = open_split(decoded_dir, "train", train_frame["path"], cfg.input_size)  # N x 3 x I x I, checked
-    image_size = cropped_train.shape[-1]
-    # A random resized crop takes its boxes from the whole stored image and resizes them to image_size.
-    train_images = open_split(decoded_dir, "train", train_frame["path"], 0) if cfg.augment.crop_scale < 1 \
-        else cropped_train
-    train_batches = make_train_batches(train_images, train_frame["target"], cfg.balance, cfg.batch_size,
-                                       class_weights, generator, device, world, cfg.seed)
-    val_images = open_split(decoded_dir, "val", val_frame["path"], cfg.input_size)
-    val_batches = make_val_batches(val_images, val_frame["target"], cfg.batch_size, device, world)
-    prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
-
-    model = build_model(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
+    # A random resized crop takes its boxes from the whole stored image and resizes them to the input size.
+    data = read_data(decoded_dir, train_csv, val_csv, classes, cfg.input_size, cfg.augment.crop_scale < 1)
+    model, preprocessing = build_pretrained(cfg.arch, len(classes), cfg.dropout, cfg.pretrained)
+    preprocessing = dataclasses.replace(preprocessing, mean=cfg.mean or preprocessing.mean,
+                                        std=cfg.std or preprocessing.std)
+    image_size = data.geometry.input_size
     check_image_size(model, cfg.arch, image_size)
     model = model.to(device, memory_format=memory_format(device))
-
-    def stepped_model() -> nn.Module:
-        """What the optimizer steps: DDP over the parameters that train now (averaging their gradients over
-        the processes, from rank 0's weights), compiled if asked; the compiled wrapper shares its parameters
-        with `model`, which is what gets saved."""
-        stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if world.distributed else model
-        return torch.compile(stepped) if cfg.compile else stepped  # opt-in (see docs/benchmarks.md)
-
-    def set_frozen(frozen: bool) -> nn.Module | None:
-        """Freeze or unfreeze the backbone; under DDP a changed trainable set gets a new DDP (measured in
-        docs/distributed.md: a rebuild per change costs nothing per step, find_unused_parameters costs every step)."""
-        before = [parameter.requires_grad for parameter in model.parameters()]
-        set_backbone_trainable(model, not frozen)
-        changed = before != [parameter.requires_grad for parameter in model.parameters()]
-        return stepped_model() if changed and world.distributed else None
-
-    loss_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if cfg.balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
-    optimizer = make_optimizer(cfg, parameter_groups(cfg, model))
-    scheduler, per_batch = make_scheduler(cfg, optimizer, len(train_batches))
-    set_speed_options(device)
-
+    prepare = ModelInput(preprocessing.mean, preprocessing.std, device)
     dtype = autocast_dtype(cfg.precision, device) or torch.float32
     processes = f", {world.world_size} processes of batch {cfg.batch_size}" if world.distributed else ""
-    say(f"training {cfg.arch} on {device} ({dtype}) "
-        f"with {len(train_frame)} train / {len(val_frame)} val images at {image_size} px, "
-        f"{len(classes)} classes{processes}")
-    run = TrainingRun(model=stepped_model(), train_batches=train_batches,
-                      val_batches=val_batches, prepare=prepare, criterion=criterion, optimizer=optimizer,
-                      scheduler=scheduler, device=device, precision=cfg.precision,
-                      train_input=TrainInput(cfg.augment, prepare, image_size, generator),
-                      scheduler_per_batch=per_batch, set_frozen=set_frozen, generator=generator,
-                      world=world, eval_model=model if world.distributed else None,
-                      mix=BatchMix(cfg.mixup_alpha, cfg.cutmix_alpha, generator),
-                      ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
-                      clip_grad_norm=cfg.clip_grad_norm, precise_bn=cfg.precise_bn,
-                      bn_batches=make_bn_batches(cropped_train, train_frame["target"], cfg.batch_size, device,
-                                                 world, cfg.seed))
-    resume_from, writer = None, None
-    if state_path is not None:
-        fingerprint = Fingerprint.of(dataclasses.asdict(cfg), [train_csv, val_csv, Path(decoded_dir) / "meta.json"],
-                                     setup={"device": device.type, "autocast": str(dtype).removeprefix("torch.")},
-                                     classes=list(classes), class_weights=list(class_weights),
-                                     world_size=world.world_size)
-        # Rank 0 decides and the others follow, receiving its state: on machines without a shared
-        # .cache, ranks deciding alone would start at different epochs and wait on each other.
-        resume_from = world.broadcast(load_state(state_path, fingerprint) if world.is_main else None)
-        if resume_from is not None:
-            say(f"resuming from epoch {resume_from['epoch']} of {cfg.epochs} (saved in {state_path})")
-        writer = EverySeconds(StateWriter(state_path, fingerprint), cfg.state_every) if world.is_main else None
+    say(f"training {cfg.arch} on {device} ({dtype}) with {len(data.train)} train / {len(data.val)} val images at "
+        f"{image_size} px, {len(classes)} classes{processes}; weights {cfg.pretrained}, normalised as "
+        f"{preprocessing.source if not (cfg.mean or cfg.std) else 'train.mean / train.std'}")
+    if preprocessing.input_size and abs(image_size - preprocessing.input_size) > preprocessing.input_size / 4:
+        say(f"note: these weights were trained at {preprocessing.input_size} px; at {image_size} px they recognise "
+            f"much less (set decode.image_size near {preprocessing.input_size})")
+    features, counts = None, None
+    if cfg.freeze_epochs and cfg.cache_features:
+        features, counts = cached_features(cfg, world, model, data, preprocessing, prepare, features_dir,
+                                           class_weights, generator, device)
+        say(f"features of the frozen backbone: {counts.computed} computed, {counts.reused} reused")
+    run = build_run(cfg, world, device, model, data, prepare, class_weights, generator, features)
+    set_speed_options(device)
+    resume_from, writer = resume_point(cfg, world, device, data, classes, class_weights,
+                                       [train_csv, val_csv, decoded_dir / "meta.json"], state_path, say)
+    # Fit.
     try:
-        result = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
-                     freeze_epochs=cfg.freeze_epochs, on_epoch=on_epoch if world.is_main else lambda metrics: None,
-                     resume_from=resume_from,
+        fitted = fit(run, epochs=cfg.epochs, patience=cfg.patience, monitor=cfg.monitor,
+                     freeze_epochs=min(cfg.freeze_epochs, cfg.epochs),
+                     on_epoch=on_epoch if world.is_main else lambda metrics: None, resume_from=resume_from,
                      save_state=None if state_path is None else (writer or (lambda state: None)))
     finally:
         if writer is not None:
             writer.wait()  # the last epoch's state is whole on disk, even after Ctrl-C
-    if run.ema is not None:
-        model.load_state_dict(run.ema.module.state_dict())  # the best epoch's average is the model
-    # Temperature scaling on the validation set, in float32: the best model's confidences made to mean what they say.
-    val_logits, val_targets = all_logits(model, val_batches, prepare, device, "calibrate", world)
-    result.calibration = calibrate(val_logits, val_targets)
-    result.temperature = result.calibration.temperature
-    # Judged at the fitted temperature: an accurate but overconfident model has a large raw loss, yet learned.
-    val_loss = torch.nn.functional.cross_entropy(val_logits / result.calibration.fitted, val_targets).item()
-    prior = prior_loss(train_frame["target"], val_targets.numpy(), len(classes))
-    reason = learned_nothing(val_loss, prior, val_logits.argmax(1).numpy(), val_targets.numpy(), classes)
-    if reason is not None and len(val_targets) < MIN_IMAGES:
-        say(f"warning: on only {len(val_targets)} validation images the best model looks as if it learned nothing "
-            f"({reason}); with fewer than {MIN_IMAGES} that cannot be told apart from chance, so it is kept")
-    elif reason is not None:
-        raise TrainingError(f"train: the best model (epoch {result.best_epoch} of {result.epochs_run}) learned nothing "
-                            f"on the {len(val_targets)} validation images: {reason}; no model was written. Try more "
-                            f"epochs, another train.lr, train.pretrained, a larger decode.image_size, or "
-                            f"train.precise_bn: always")
-    if world.is_main:
-        geometry = Geometry(train_images.stored_size, image_size, train_images.params.resize,
-                            train_images.params.reducing_gap)
-        save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), **geometry.metadata(),
-                        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=cfg.dropout,
-                        params=dataclasses.asdict(cfg), best_epoch=result.best_epoch,
-                        epochs_run=result.epochs_run, temperature=result.temperature,
-                        val_loss_calibrated=val_loss, prior_loss=prior, val_images=len(val_targets))
-    say(f"best epoch {result.best_epoch} of {result.epochs_run} ({cfg.monitor} {result.best_value:.4f}); "
-        f"{result.calibration.describe()}; "
-        f"wrote {model_path}")
+    # Finish.
+    result = finish(cfg, run, fitted, data, preprocessing, classes, model_path, counts, say)
     if state_path is not None and world.is_main:
         remove_state(state_path)  # the run is complete: nothing to resume
     return result
-
-
-def open_live(directory: str | os.PathLike):
-    """A DVCLive logger for a stage of a hand-written dvc.yaml (dvcyaml=False, no experiment saving)."""
-    from dvclive import Live
-    from scmrepo.exceptions import SCMError
-
-    class StageLive(Live):
-        """Live that tolerates a git repository without commits.
-
-        A private hook: DVCLive 3.49's `Live._init_dvc` looks up the git HEAD for its experiment
-        bookkeeping and raises `SCMError` in a repository with no commit yet (a new user's first
-        `dvc repro`). Only that bookkeeping needs a commit; the metric files do not.
-        tests/unit/test_train.py fails if DVCLive stops raising there or renames the hook.
-        """
-
-        def _init_dvc(self):
-            try:
-                super()._init_dvc()
-            except SCMError:
-                pass
-
-    return StageLive(directory, dvcyaml=False, save_dvc_exp=False)
-
-
-class DeferredLive:
-    """open_live(directory), opened on first use: DVCLive's import and set-up (~0.4 s) come after the
-    first epoch instead of before the first step. Used as a context manager, like Live itself."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory, self.opened = directory, None
-
-    def __getattr__(self, name: str):
-        if self.opened is None:
-            self.opened = open_live(self.directory).__enter__()  # as `with` would: end() waits for __exit__
-        return getattr(self.opened, name)
-
-    def __enter__(self) -> "DeferredLive":
-        return self
-
-    def __exit__(self, *exc_info):
-        return None if self.opened is None else self.opened.__exit__(*exc_info)
-

@@ -1,7 +1,8 @@
 """The torch half of preprocessing, shared by train, evaluate and predict: uint8 batch -> normalised model input.
 
-The first half, file -> uint8 3 x S x S pixels, is `images.load_resized` (no torch). Training adds
-`augment.BatchRandomAffine` after `ModelInput`, on the device, with its own random parameters per image.
+The first half, file -> uint8 3 x S x S pixels, is `images.load_resized` (no torch). Training wraps
+`ModelInput` in `augment.input.TrainInput`, which augments each batch on the device, with its own
+random parameters per image. The mean and std come with the model's weights (model.Preprocessing).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from imgclf.images import BACKGROUND
 
-# torchvision's classification weights are all trained with ImageNet statistics.
+# ImageNet's statistics: torchvision's weights all use them, and so does training from scratch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -5,7 +5,7 @@ import argparse
 from imgclf.artifacts import write_json
 from imgclf.compute_weights import ComputeWeightsConfig, count_labels, weights_document
 from imgclf.config import load_section
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
 from imgclf.split_files import read_classes, read_split
 
 

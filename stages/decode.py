@@ -5,8 +5,8 @@ import os
 
 from imgclf.config import load_section
 from imgclf.decode import DecodeConfig, decode_split
-from imgclf.errors import stage_main
-from imgclf.store import find_pool, seed_pool
+from imgclf.entry import stage_main
+from imgclf.store.pool import find_pool, seed_pool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from imgclf.config import load_section
 from imgclf.demo import DemoConfig, write_demo
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
 
 
 def build_parser() -> argparse.ArgumentParser:

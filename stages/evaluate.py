@@ -5,7 +5,7 @@ from pathlib import Path
 
 from imgclf.artifacts import write_csv, write_json, write_text
 from imgclf.config import load_section
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
 from imgclf.evaluate import EvaluateConfig, evaluate_model
 from imgclf.plots import mistakes_gallery, per_class_frame, save_png
 from imgclf.startup import preload

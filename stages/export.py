@@ -4,7 +4,7 @@ import argparse
 
 from imgclf.artifacts import write_json
 from imgclf.config import load_section
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
 from imgclf.export import ExportConfig, export_model
 from imgclf.predict import PredictConfig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from imgclf.artifacts import write_rows
 from imgclf.config import load_section
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
 from imgclf.split import SplitConfig, class_counts, split_image_folder, write_split
 
 

@@ -1,17 +1,19 @@
-"""Stage `train`: fine-tune a torchvision model on the decoded split, with early stopping; write models/model.pt."""
+"""Stage `train`: fine-tune a torchvision or timm model on the decoded split, early-stopped; write models/model.pt."""
 
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from imgclf.compute_weights import read_weights
 from imgclf.config import load_section
 from imgclf.distributed import World, launch
-from imgclf.errors import stage_main
+from imgclf.entry import stage_main
+from imgclf.live import DeferredLive
 from imgclf.split_files import read_classes
 from imgclf.startup import preload
-from imgclf.train import DeferredLive, TrainConfig, train_model, training_device
+from imgclf.store.pool import dvc_cache_dir
+from imgclf.train import TrainConfig, train_model, training_device
+from imgclf.weights_file import read_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the training state, saved every train.state_every seconds (at most every epoch), to "
                              "resume an interrupted run from (not a DVC output: DVC deletes those before a stage "
                              "runs; removed when done)")
+    parser.add_argument("--features", default=None,
+                        help="where the frozen backbone's features are kept between runs (default: imgclf-features "
+                             "in the DVC cache, where a queued experiment finds them too; none outside a DVC project)")
     return parser
+
+
+def features_dir(given: str | None) -> Path | None:
+    """--features, else imgclf-features/ in the DVC cache of the project the stage runs in (None outside one)."""
+    if given:
+        return Path(given)
+    cache = dvc_cache_dir(os.environ.get("DVC_ROOT", "."))
+    return None if cache is None else cache / "imgclf-features"
 
 
 @stage_main(interrupted="its progress is saved every train.state_every seconds (at most after every epoch): "
@@ -49,7 +62,7 @@ def main() -> None:
     preload("sklearn.metrics", *(("dvclive", "scmrepo.exceptions") if world.is_main else ()))
     if not world.is_main:  # only rank 0 logs (and writes); the others train and validate their shards
         train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights, args.model,
-                    state_path=args.state)
+                    state_path=args.state, features_dir=features_dir(args.features))
         return
 
     # dvc.yaml is written by hand and declares these metrics and plots itself. DVCLive is set up
@@ -61,12 +74,13 @@ def main() -> None:
             live.next_step()
 
         result = train_model(cfg, split / "train.csv", split / "val.csv", args.decoded, classes, class_weights,
-                             args.model, on_epoch=log_epoch, state_path=args.state)
+                             args.model, on_epoch=log_epoch, state_path=args.state,
+                             features_dir=features_dir(args.features))
         best = result.history[result.best_epoch - 1]
         # The summary describes the model that was saved (the best epoch), not the last one.
         live.summary.update({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                              "train_loss": best["train_loss"], "val_loss": best["val_loss"],
-                             "val_f1": best["val_f1"], "lr": best["lr"], "temperature": result.temperature,
+                             "val_f1": best["val_f1"], "lr": best["lr"], "temperature": result.calibration.temperature,
                              # The fitted temperature too: when it raised validation ECE, 1 was shipped instead.
                              "temperature_fitted": result.calibration.fitted,
                              "val_ece_uncalibrated": result.calibration.ece_uncalibrated,

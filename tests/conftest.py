@@ -19,6 +19,11 @@ from PIL import Image
 from imgclf.template import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every process a test starts (stages, dvc's stage commands, torchrun's workers, benchmarks) imports this checkout's
+# imgclf and stages, whatever the venv has installed (an editable install of another checkout, or none): the
+# repository root goes first on PYTHONPATH, before site-packages. A stage run inside a temporary project by
+# `python -m` finds that project's copy first (the working directory comes first), a copy of this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 # --- end-to-end builders: a temporary git + DVC repository with this pipeline ---
@@ -180,6 +185,9 @@ def pytest_collection_modifyitems(items):
             pytest.mark.skip(reason="gpu tier: no CUDA GPU on this machine (run `python -m pytest -m gpu` on one)")
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT).parts[:2]
+        if parts == ("tests", "unit") and item.get_closest_marker("e2e"):
+            raise pytest.UsageError(f"{item.nodeid}: marked e2e inside tests/unit; the folders are the tiers: "
+                                    f"move it to tests/e2e")
         if "e2e" in parts or "gpu" in parts:
             item.add_marker(pytest.mark.e2e)
         if "gpu" in parts:
@@ -259,13 +267,13 @@ def prepare_inputs(tmp_path: Path, image_folder: Path) -> Path:
     """The `prepared` fixture's files under `tmp_path`, from the images of `image_folder`."""
     from imgclf.artifacts import write_json
     from imgclf.compute_weights import weights_document
-    from imgclf.decode import decode_split
+    from imgclf.decode import DecodeConfig, decode_split
     from imgclf.split import split_image_folder, write_split
 
     result = split_image_folder(image_folder, 0.2, 0.2, seed=0, workers=1)
     write_split(tmp_path / "split", result.parts, result.classes)
     write_json(tmp_path / "weights.json", weights_document(result.classes, [1] * len(result.classes), "none", 0.9))
-    decode_split(tmp_path / "split", tmp_path / "decoded", 16, workers=1)
+    decode_split(tmp_path / "split", tmp_path / "decoded", DecodeConfig(16, "crop", "raw", 90, None), workers=1)
     return tmp_path
 
 
@@ -286,3 +294,22 @@ def tiny_train_config(**changes):
                  ema_decay=0.0, clip_grad_norm=0.0, norm_weight_decay=None, backbone_lr_factor=1.0, precise_bn="auto",
                  state_every=0)  # the resume state after every epoch: the resume tests kill runs at given epochs
     return dataclasses.replace(cfg, **{**fixed, **changes})
+
+
+@pytest.fixture
+def cuda_like_auto(monkeypatch):
+    """`precision: auto` resolves to bf16 on every device, as it does on a CUDA GPU."""
+    import torch
+
+    from imgclf import inference
+
+    real = inference.autocast_dtype
+
+    def as_on_cuda(precision, device):
+        return torch.bfloat16 if precision == "auto" else real(precision, device)
+
+    monkeypatch.setattr(inference, "autocast_dtype", as_on_cuda)
+    import imgclf.fit
+    import imgclf.train
+    monkeypatch.setattr(imgclf.fit, "autocast_dtype", as_on_cuda)
+    monkeypatch.setattr(imgclf.train, "autocast_dtype", as_on_cuda)

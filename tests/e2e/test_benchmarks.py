@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from benchmarks import gpu, imbalance, predict, resume, scale, split, train, weights
+from benchmarks import gpu, imbalance, predict, recipe, resume, scale, split, train, weights
 from benchmarks.common import Table
 
 
@@ -119,3 +119,10 @@ def test_augment_benchmark_times_each_batched_op_against_torchvision():
 
     table = augment.main(["--sizes", "16", "--batch", "4", "--repeats", "1"])
     assert table.rows and all(row[2] for row in table.rows)
+
+
+def test_the_benchmark_runs_tiny_with_both_budgets():
+    tables = recipe.main(["--seeds", "1", "--epochs", "2", "--variants", "baseline,modern", "--per-class", "5",
+                          "--file-size", "24", "--image-size", "16", "--set", "arch=shufflenet_v2_x0_5"])
+    assert [row["variant"] for row in tables["equal_epochs"]] == ["baseline", "modern"]
+    assert [row["variant"] for row in tables["equal_time"]] == ["baseline", "modern"]

@@ -62,15 +62,15 @@ def test_two_processes_write_one_model_and_validate_every_sample_once(workdir):
 
     # The same weights scored in one process: the same validation loss and F1 as the 2 processes logged.
     from imgclf.checkpoint import load_checkpoint
-    from imgclf.decode import open_decoded
     from imgclf.fit import validate
     from imgclf.split_files import read_split
-    from imgclf.train import make_val_batches
+    from imgclf.store.reader import StoredSplit
+    from imgclf.train_data import make_val_batches
     from imgclf.transforms import ModelInput
 
     model, meta = load_checkpoint(workdir / "ddp/model.pt")
     frame = read_split(workdir / "split/val.csv", meta["classes"])
-    batches = make_val_batches(open_decoded(workdir / "decoded", "val", frame["path"]), frame["target"], 3,
+    batches = make_val_batches(StoredSplit(workdir / "decoded", "val", frame["path"]), frame["target"], 3,
                                torch.device("cpu"))
     loss, f1 = validate(model, batches, ModelInput(meta["mean"], meta["std"], torch.device("cpu")),
                         torch.device("cpu"))
@@ -206,7 +206,7 @@ def test_frozen_backbone_epochs_run_under_two_processes(workdir):
     assert summary["epochs_run"] == 4 and (workdir / "frozen/model.pt").exists()
 
 
-def _freeze_worker(rank: int, workdir: str, port: int) -> None:
+def _freeze_worker(rank: int, workdir: str, port: int, cache_features: bool) -> None:
     """One of two processes training with freeze_epochs=2: parameter checksums after every epoch, backbone and head."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -215,7 +215,7 @@ def _freeze_worker(rank: int, workdir: str, port: int) -> None:
     from imgclf.train import train_model
     from tests.conftest import tiny_train_config
 
-    sums, real_validate, real_epoch = [], fit_module.validate, fit_module.train_one_epoch
+    sums, real_epoch = [], fit_module.run_epoch
 
     def checksums(model):
         head = {id(p) for p in output_layer(model)[1].parameters()}
@@ -224,25 +224,26 @@ def _freeze_worker(rank: int, workdir: str, port: int) -> None:
             parts["head" if id(parameter) in head else "backbone"] += float(parameter.detach().double().sum())
         return parts
 
-    def first_epoch_records_start(run, *args, **kwargs):
+    def recorded_epoch(run, *args, **kwargs):
         if not sums:
-            sums.append(checksums(run.eval_model))  # the weights before any step
-        return real_epoch(run, *args, **kwargs)
+            sums.append(checksums(run.model))  # the weights before any step
+        metrics = real_epoch(run, *args, **kwargs)
+        sums.append(checksums(run.model))
+        return metrics
 
-    def validate_and_record(model, *args, **kwargs):
-        sums.append(checksums(model))
-        return real_validate(model, *args, **kwargs)
-
-    fit_module.train_one_epoch, fit_module.validate = first_epoch_records_start, validate_and_record
+    fit_module.run_epoch = recorded_epoch
     work = Path(workdir)
     classes = json.loads((work / "split/classes.json").read_text())
-    train_model(tiny_train_config(epochs=3, batch_size=4, freeze_epochs=2), work / "split/train.csv",
-                work / "split/val.csv", work / "decoded", classes, [1.0, 2.0, 3.0], work / f"frozen{rank}.pt")
+    train_model(tiny_train_config(epochs=3, batch_size=4, freeze_epochs=2, cache_features=cache_features),
+                work / "split/train.csv", work / "split/val.csv", work / "decoded", classes, [1.0, 2.0, 3.0],
+                work / f"frozen{rank}.pt")
     (work / f"frozen_sums{rank}.json").write_text(json.dumps(sums))
 
 
-def test_freezing_under_ddp_trains_the_head_only_then_everything_identically_on_both_ranks(workdir):
-    torch.multiprocessing.spawn(_freeze_worker, args=(str(workdir), free_port()), nprocs=2, join=True)
+@pytest.mark.parametrize("cache_features", [True, False], ids=["features_once", "through_the_backbone"])
+def test_freezing_under_ddp_trains_the_head_only_then_everything_identically_on_both_ranks(workdir, cache_features):
+    torch.multiprocessing.spawn(_freeze_worker, args=(str(workdir), free_port(), cache_features), nprocs=2,
+                                join=True)
     sums = [json.loads((workdir / f"frozen_sums{rank}.json").read_text()) for rank in (0, 1)]
     assert len(sums[0]) == 1 + 3 and sums[0] == sums[1]  # before training, then after each epoch
     start, frozen1, frozen2, unfrozen = sums[0]

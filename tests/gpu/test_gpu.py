@@ -68,11 +68,13 @@ def test_precision_auto_is_native_bf16_or_fp16():
 
 def test_a_training_epoch_never_waits_for_the_gpu():
     """Under set_sync_debug_mode("error") any synchronising call raises: none in a whole epoch of 10 steps."""
-    from imgclf.augment import AugmentConfig, BatchRandomAffine
+    from imgclf.augment.affine import BatchRandomAffine
+    from imgclf.augment.input import AugmentConfig
     from imgclf.fit import TrainingRun, train_epoch_on_device
     from imgclf.inference import autocast_dtype
     from imgclf.model import build_model
-    from imgclf.train import make_train_batches, set_speed_options
+    from imgclf.train import set_speed_options
+    from imgclf.train_data import make_train_batches
     from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput, memory_format
 
     device = torch.device("cuda")
@@ -85,12 +87,12 @@ def test_a_training_epoch_never_waits_for_the_gpu():
     prepare = ModelInput(IMAGENET_MEAN, IMAGENET_STD, device)
     model = build_model("resnet18", 10, 0.2).to(device, memory_format=memory_format(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    affine = BatchRandomAffine(AugmentConfig(hflip=True, rotation=10, translate=0.1, scale=0.1, crop_scale=1.0,
+                                             crop_ratio=4 / 3, policy="none", erasing=0.0), prepare.fill(), generator)
     run = TrainingRun(model=model, train_batches=batches, val_batches=[], prepare=prepare,
                       criterion=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
                       scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 7), device=device, precision=precision,
-                      augment=BatchRandomAffine(AugmentConfig(hflip=True, rotation=10, translate=0.1, scale=0.1,
-                                                              crop_scale=1.0, crop_ratio=4 / 3, policy="none",
-                                                              erasing=0.0), prepare.fill(), generator))
+                      train_input=lambda images: affine(prepare(images)))
     train_epoch_on_device(run)  # warm-up: cuDNN autotuning and the allocators may synchronise once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from imgclf.batches import ImageListDataset
-from imgclf.decode import DecodeConfig, decode_split, open_decoded
+from imgclf.decode import DecodeConfig, decode_split
 from imgclf.errors import DataError
 from imgclf.images import Geometry, load_image
 from imgclf.predict import image_batches
 from imgclf.split import image_problem, split_image_folder
+from imgclf.store.reader import StoredSplit
 from imgclf.template import PARAMS
 from tests.conftest import write_png
 
@@ -150,7 +151,7 @@ def test_every_mode_gives_the_same_rgb_tensor_in_train_evaluate_and_predict(tmp_
         (tmp_path / "split/train.csv").write_text(f"path,label\n{path},a\n")
         (tmp_path / "split/val.csv").write_text("path,label\n")
         decode_split(tmp_path / "split", tmp_path / resize, DecodeConfig(24, resize, "raw", 90, None), workers=1)
-        train_tensor = torch.from_numpy(open_decoded(tmp_path / resize, "train", [str(path)])[[0]][0])  # train reads
+        train_tensor = torch.from_numpy(StoredSplit(tmp_path / resize, "train", [str(path)])[[0]][0])  # train reads
         assert error == "" and evaluate_tensor.shape == (3, 24, 24) and evaluate_tensor.dtype == torch.uint8
         assert torch.equal(evaluate_tensor, predict_tensor) and torch.equal(evaluate_tensor, train_tensor)
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from imgclf.compute_weights import class_weights, count_labels, read_weights, weights_document
+from imgclf.compute_weights import class_weights, count_labels, weights_document
 from imgclf.errors import DataError
 from imgclf.template import PARAMS
+from imgclf.weights_file import read_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTS = [100, 50, 10]

@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from imgclf.crop import ATTEMPTS, BatchRandomResizedCrop
+from imgclf.augment.crop import ATTEMPTS, BatchRandomResizedCrop
 from tests.unit.augment_helpers import ks_same, one_thread, photos  # noqa: F401 (autouse fixture)
 
 RATIO = (3 / 4, 4 / 3)

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import imgclf.decode
-import imgclf.store
+import imgclf.store.writer
 from imgclf.batches import ImageListDataset
-from imgclf.decode import DecodeConfig, decode_images, decode_split, open_decoded, read_meta
+from imgclf.decode import DecodeConfig, decode_split
 from imgclf.errors import DataError
 from imgclf.images import Geometry
+from imgclf.store.layout import read_meta
+from imgclf.store.reader import StoredSplit
 from imgclf.template import PARAMS
 from tests.conftest import write_png
 
@@ -54,14 +56,14 @@ def test_decoded_rows_equal_the_files_decoded_on_the_fly(tmp_path):
     paths = images(tmp_path / "img", 0, 70)  # >= 64: a pool
     split = write_split(tmp_path, paths[:60], paths[60:])
     decode_split(split, tmp_path / "decoded", RAW, workers=2)
-    stored = open_decoded(tmp_path / "decoded", "train", paths[:60])
+    stored = StoredSplit(tmp_path / "decoded", "train", paths[:60])
     assert stored.shape == (60, 3, 12, 12) and len(stored) == 60
     dataset = ImageListDataset(paths, [0] * 70, Geometry(12, 12, "crop"))  # what evaluate reads
     batch = stored[np.array([0, 33, 59])]
     assert batch.dtype == np.uint8 and batch.flags.c_contiguous
     assert all(torch.equal(torch.from_numpy(batch[k]), dataset[i][0]) for k, i in enumerate((0, 33, 59)))
     # Centre-cropped to a smaller model input exactly as evaluate and predict crop their files.
-    cropped = open_decoded(tmp_path / "decoded", "val", paths[60:], input_size=8)[np.arange(10)]
+    cropped = StoredSplit(tmp_path / "decoded", "val", paths[60:], input_size=8)[np.arange(10)]
     assert all(np.array_equal(cropped[k], Geometry(12, 8, "crop").load(paths[60 + k])) for k in range(10))
 
 
@@ -78,10 +80,10 @@ def test_jpeg_storage_is_smaller_and_close(tmp_path):
     raw = decode_split(split, tmp_path / "raw", DecodeConfig(32, "crop", "raw", 90, None), workers=1)
     jpeg = decode_split(split, tmp_path / "jpeg", DecodeConfig(32, "crop", "jpeg", 90, None), workers=1)
     assert jpeg["bytes"] < raw["bytes"]
-    exact = open_decoded(tmp_path / "raw", "train", paths[:4])[np.arange(4)].astype(int)
-    lossy = open_decoded(tmp_path / "jpeg", "train", paths[:4])[np.arange(4)].astype(int)
+    exact = StoredSplit(tmp_path / "raw", "train", paths[:4])[np.arange(4)].astype(int)
+    lossy = StoredSplit(tmp_path / "jpeg", "train", paths[:4])[np.arange(4)].astype(int)
     assert np.abs(exact - lossy).mean() < 3  # q90, 4:4:4: a few grey levels at most
-    pillow = open_decoded(tmp_path / "jpeg", "train", paths[:4])
+    pillow = StoredSplit(tmp_path / "jpeg", "train", paths[:4])
     pillow._decode_jpegs = None  # the reader without torchvision (Pillow): the same pixels
     assert np.abs(pillow[np.arange(4)].astype(int) - lossy).max() <= 1
 
@@ -111,7 +113,7 @@ def test_adding_and_removing_images_decodes_only_new_ones_and_keeps_old_shards(t
     tiny = decode_split(write_split(tmp_path, paths[:3], paths[24:26]), out, RAW, workers=1)
     assert tiny["decoded"] == 0 and tiny["copied"] == 5
     assert tiny["bytes"] < shrunk["bytes"] / 2  # the mostly-dead shards were dropped
-    stored = open_decoded(out, "train", paths[:3])[np.arange(3)]
+    stored = StoredSplit(out, "train", paths[:3])[np.arange(3)]
     assert all(np.array_equal(stored[i], Geometry(12, 12, "crop").load(paths[i])) for i in range(3))
 
 
@@ -137,7 +139,7 @@ def test_changed_params_decode_again_and_drop_the_old_shards(tmp_path):
                          say=lines.append)
     assert again["decoded"] == 6 and not old & set(snapshot(tmp_path / "d/shards"))
     assert lines == [f"note: decode params changed since {tmp_path / 'd'} was written: every image is decoded again"]
-    squashed = open_decoded(tmp_path / "d", "train", paths[:4])[np.arange(1)]
+    squashed = StoredSplit(tmp_path / "d", "train", paths[:4])[np.arange(1)]
     assert np.array_equal(squashed[0], Geometry(12, 12, "squash").load(paths[0]))
 
 
@@ -149,14 +151,14 @@ def test_a_store_of_the_old_format_is_decoded_once_with_one_line(tmp_path):
     (out / "meta.json").write_text(json.dumps({"format": "imgclf.decoded/1", "image_size": 12, "splits": {}}))
     with pytest.raises(DataError, match=r"meta.json: written by an earlier version of this pipeline "
                                         r"\(format imgclf.decoded/1\); run the decode stage"):
-        open_decoded(out, "train", paths[:4])  # what train says until the decode stage runs
+        StoredSplit(out, "train", paths[:4])  # what train says until the decode stage runs
     lines = []
     result = decode_split(write_split(tmp_path, paths[:4], paths[4:]), out, RAW, workers=1, say=lines.append)
     assert result["decoded"] == 6 and len(lines) == 1
     assert lines[0].startswith(f"note: {out} was written by an earlier version of this pipeline (format "
                                f"imgclf.decoded/1): every image is decoded once more")
     assert not (out / "train.npy").exists()
-    assert open_decoded(out, "train", paths[:4]).shape == (4, 3, 12, 12)
+    assert StoredSplit(out, "train", paths[:4]).shape == (4, 3, 12, 12)
 
 
 def test_a_file_broken_since_the_split_is_named_and_the_store_is_untouched(tmp_path):
@@ -173,7 +175,7 @@ def test_a_file_broken_since_the_split_is_named_and_the_store_is_untouched(tmp_p
 
 def full_disk_after(monkeypatch, writes: int) -> None:
     """Make the store's writes fail with ENOSPC after `writes` successful ones (a full file system)."""
-    real, count = imgclf.store._write_all, [0]
+    real, count = imgclf.store.writer._write_all, [0]
 
     def write(handle, data):
         count[0] += 1
@@ -181,7 +183,7 @@ def full_disk_after(monkeypatch, writes: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(handle, data)
 
-    monkeypatch.setattr(imgclf.store, "_write_all", write)
+    monkeypatch.setattr(imgclf.store.writer, "_write_all", write)
 
 
 def test_running_out_of_disk_is_one_line_and_the_previous_store_stays_whole(tmp_path, monkeypatch):
@@ -206,13 +208,6 @@ def test_too_little_free_space_is_refused_before_anything_is_written(tmp_path, m
                                         r"4.6 KiB more in .* and the file system has 1000 B free"):
         decode_split(write_split(tmp_path, paths[:8], paths[8:]), tmp_path / "decoded", RAW, workers=1)
     assert not (tmp_path / "decoded").exists()
-
-
-def test_decode_images_writes_one_array(tmp_path):
-    paths = images(tmp_path / "img", 0, 3)
-    decode_images(paths, 12, tmp_path / "x.npy", workers=1, resize="crop")
-    array = np.load(tmp_path / "x.npy")
-    assert array.shape == (3, 3, 12, 12) and np.array_equal(array[1], Geometry(12, 12, "crop").load(paths[1]))
 
 
 def test_stage_refuses_a_missing_split_in_one_line(tmp_path):
@@ -267,16 +262,16 @@ def test_a_full_disk_while_meta_json_is_written_leaves_the_previous_store_readab
     out = tmp_path / "decoded"
     decode_split(write_split(tmp_path, paths[:6], paths[6:8]), out, RAW, workers=1)
     meta = (out / "meta.json").read_bytes()
-    expected = open_decoded(out, "train", paths[:6])[np.arange(6)]
+    expected = StoredSplit(out, "train", paths[:6])[np.arange(6)]
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(imgclf.store, "write_json", full)
+    monkeypatch.setattr(imgclf.store.writer, "write_json", full)
     with pytest.raises(DataError, match="not enough disk space to decode 4 new images"):
         decode_split(write_split(tmp_path, paths[:10], paths[10:]), out, RAW, workers=1)
     assert (out / "meta.json").read_bytes() == meta
-    assert np.array_equal(open_decoded(out, "train", paths[:6])[np.arange(6)], expected)
+    assert np.array_equal(StoredSplit(out, "train", paths[:6])[np.arange(6)], expected)
 
 
 def test_reducing_gap_is_a_store_param_and_a_store_from_before_it_reads_as_its_legacy_decode(tmp_path):
@@ -286,7 +281,7 @@ def test_reducing_gap_is_a_store_param_and_a_store_from_before_it_reads_as_its_l
     paths = images(tmp_path / "img", 0, 4)
     split = write_split(tmp_path, paths[:2], paths[2:])
     decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90, 2.0), workers=1)
-    assert open_decoded(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 2.0
+    assert StoredSplit(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 2.0
     lines = []
     again = decode_split(split, tmp_path / "d", DecodeConfig(12, "squash", "raw", 90, None), workers=1,
                          say=lines.append)
@@ -295,4 +290,4 @@ def test_reducing_gap_is_a_store_param_and_a_store_from_before_it_reads_as_its_l
     meta = json.loads(meta_path.read_text())
     del meta["params"]["reducing_gap"]  # as a store written before the param
     meta_path.write_text(json.dumps(meta))
-    assert open_decoded(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 1.0  # squash's earlier decode
+    assert StoredSplit(tmp_path / "d", "train", paths[:2]).params.reducing_gap == 1.0  # squash's earlier decode

@@ -188,11 +188,14 @@ def test_a_disabled_loss_scalers_empty_state_does_not_break_loading(monkeypatch)
     assert run.scaler.is_enabled()
 
 
-def test_fit_rebuilds_the_stepped_model_when_set_frozen_returns_one(monkeypatch):
-    """The hook the train stage uses for DDP: the model set_frozen returns is what trains from then on."""
+def test_set_frozen_rebuilds_the_stepped_model_under_ddp_when_the_trainable_set_changes(monkeypatch):
+    """DDP registers its gradient hooks for the parameters that train when it is built: the stepped model is built
+    again when freezing starts and when it ends, and what it returns is what trains from then on."""
+    from imgclf.distributed import World
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 6), nn.Linear(6, 3))
+    data = [(torch.randn(4, 3, 2, 1), torch.tensor([0, 1, 2, 0]))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     stepped_by_epoch, wrappers = [], []
 
@@ -205,14 +208,13 @@ def test_fit_rebuilds_the_stepped_model_when_set_frozen_returns_one(monkeypatch)
             stepped_by_epoch.append(self)
             return self.inner(x)
 
-    def set_frozen(frozen):
-        wrappers.append(Wrapper(model))
-        return wrappers[-1] if len(wrappers) in (1, 3) else None  # a change at epochs 1 and 3
-
+    monkeypatch.setattr(fit_module.TrainingRun, "_wrap",
+                        lambda run: wrappers.append(Wrapper(run.model)) or wrappers[-1])
     monkeypatch.setattr(fit_module, "validate", lambda *args, **kwargs: (1.0, 0.0))
     run = TrainingRun(model=model, train_batches=data, val_batches=data, prepare=lambda x: x,
                       criterion=nn.CrossEntropyLoss(), optimizer=optimizer,
                       scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1), device=torch.device("cpu"),
-                      set_frozen=set_frozen)
+                      world=World(rank=0, world_size=2))
     fit_module.fit(run, epochs=4, patience=9, monitor="val_loss", freeze_epochs=2)
-    assert stepped_by_epoch == [wrappers[0], wrappers[0], wrappers[2], wrappers[2]]
+    # Built once, again when epoch 1 froze the backbone, and again when epoch 3 unfroze it.
+    assert len(wrappers) == 3 and stepped_by_epoch == [wrappers[1], wrappers[1], wrappers[2], wrappers[2]]

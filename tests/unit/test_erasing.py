@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgclf.erasing import ATTEMPTS, BatchRandomErasing
+from imgclf.augment.erasing import ATTEMPTS, BatchRandomErasing
 from tests.unit.augment_helpers import ks_same, one_thread, photos  # noqa: F401 (autouse fixture)
 
 SCALE, RATIO = (0.02, 0.33), (0.3, 3.3)

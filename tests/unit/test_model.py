@@ -55,7 +55,8 @@ def test_local_pretrained_weights_are_loaded(tmp_path):
 def test_wrong_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
-    with pytest.raises(DataError, match="do not match the architecture"):
+    with pytest.raises(DataError, match=r"do not fit the architecture \(missing conv1.weight, bn1.weight, bn1.bias "
+                                        r"and 97 more; unexpected features"):
         build_model("resnet18", 3, 0.0, pretrained=str(path))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a loadable weights file"):

@@ -42,3 +42,24 @@ def test_the_demo_goes_and_the_users_files_stay(tmp_path):
         ["data/raw/cat/IMG_0001.png"]
     assert (tmp_path / "data/predict").is_dir()  # for `dvc add data/predict`, even with nothing to predict
     assert switch_to_own_data(tmp_path) == []  # a second run does nothing
+
+
+def files_under(root):
+    """Every file under `root`: relative path -> (bytes, modification time)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_second_run_changes_no_file_before_or_after_dvc_add(tmp_path):
+    demo_project(tmp_path)
+    switch_to_own_data(tmp_path)
+    once = files_under(tmp_path)
+    assert switch_to_own_data(tmp_path) == [] and files_under(tmp_path) == once  # before `dvc add`
+
+    # What `dvc add data/raw data/predict` writes: the .dvc files, and the ignore lines for the user's own data.
+    write_png(tmp_path / "data/raw/cat/IMG_0001.png", 1)
+    for name in ("raw", "predict"):
+        (tmp_path / f"data/{name}.dvc").write_text(f"outs:\n- path: {name}\n")
+    (tmp_path / "data/.gitignore").write_text("/split\n/raw\n/predict\n")
+    added = files_under(tmp_path)
+    assert switch_to_own_data(tmp_path) == [] and files_under(tmp_path) == added  # the ignore lines stay

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgclf.policy import CHOSEN, INDEX, OPS, BatchAugmentPolicy, magnitude_table
+from imgclf.augment.policy import CHOSEN, INDEX, OPS, BatchAugmentPolicy, magnitude_table
 from tests.unit.augment_helpers import chi_square_fits, one_thread, photos  # noqa: F401 (autouse fixture)
 
 TORCHVISION = {"trivial_wide": v2.TrivialAugmentWide, "randaugment": v2.RandAugment, "autoaugment": v2.AutoAugment}

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf import inference
 from imgclf.checkpoint import checkpoint_classifier, load_checkpoint
 from imgclf.errors import ConfigError
 from imgclf.inference import autocast_dtype, predict_logits
 from imgclf.template import PARAMS
 from imgclf.transforms import ModelInput
-from tests.conftest import tiny_train_config
 
 CUDA = torch.device("cuda")
 
@@ -58,19 +56,6 @@ def test_explicit_precisions_and_the_cpu_are_unchanged(fake_gpu):
     assert autocast_dtype("fp32", CUDA) is None and autocast_dtype("auto", torch.device("cpu")) is None
 
 
-@pytest.fixture
-def cuda_like_auto(monkeypatch):
-    """`precision: auto` resolves to bf16 on every device, as it does on a CUDA GPU."""
-    real = inference.autocast_dtype
-
-    def as_on_cuda(precision, device):
-        return torch.bfloat16 if precision == "auto" else real(precision, device)
-
-    monkeypatch.setattr(inference, "autocast_dtype", as_on_cuda)
-    import imgclf.fit
-    import imgclf.train
-    monkeypatch.setattr(imgclf.fit, "autocast_dtype", as_on_cuda)
-    monkeypatch.setattr(imgclf.train, "autocast_dtype", as_on_cuda)
 
 
 def fp32_logits(model, images: torch.Tensor, meta: dict) -> torch.Tensor:
@@ -115,22 +100,6 @@ def test_evaluate_scores_in_fp32_by_default(cuda_like_auto, tmp_path, tiny_check
     assert result.metrics["loss"] == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.e2e  # bf16 autocast on a CPU without native bf16 is slow: the full suite, not the fast tier
-def test_evaluate_in_bf16_is_an_explicit_opt_in(tmp_path, tiny_checkpoint, image_folder, monkeypatch):
-    from imgclf import evaluate
-    from imgclf.evaluate import EvaluateConfig, evaluate_model
-
-    # An untrained checkpoint predicts one class for all 25 images: evaluate would refuse it (test_recipe tests that).
-    monkeypatch.setattr(evaluate, "refuse_if_learned_nothing", lambda *args: None)
-
-    paths = sorted(image_folder.rglob("*.png"))
-    (tmp_path / "test.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in paths))
-    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
-    losses = {precision: evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json",
-                                        EvaluateConfig(batch_size=4, num_workers=0, device="cpu",
-                                                       precision=precision, tta="none")).metrics["loss"]
-              for precision in ("fp32", "bf16")}
-    assert losses["fp32"] != losses["bf16"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 def test_predict_with_model_pt_gives_fp32_probabilities_by_default(cuda_like_auto, tiny_checkpoint):
@@ -151,29 +120,6 @@ def test_predict_precision_applies_to_model_pt_only(tmp_path):
         open_classifier(tmp_path / "model.onnx", "cpu", "bf16")
 
 
-@pytest.mark.e2e  # trains (bf16 autocast on a CPU is slow): the full suite, not the fast tier
-def test_validation_and_the_temperature_are_fp32_when_training_autocasts(cuda_like_auto, prepared):
-    """Training in bf16 (auto on CUDA): the logged val_loss and the shipped temperature are float32's."""
-    from imgclf.calibration import fit_temperature
-    from imgclf.decode import open_decoded
-    from imgclf.split_files import read_split
-    from imgclf.train import make_val_batches, train_model
-
-    classes = json.loads((prepared / "split/classes.json").read_text())
-    result = train_model(tiny_train_config(epochs=1, precision="auto"), prepared / "split/train.csv",
-                         prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 1.0, 1.0],
-                         prepared / "model.pt")
-    model, meta = load_checkpoint(prepared / "model.pt")
-    frame = read_split(prepared / "split/val.csv", classes)
-    batches = make_val_batches(open_decoded(prepared / "decoded", "val", frame["path"]), frame["target"], 8,
-                               torch.device("cpu"))
-    prepare = ModelInput(meta["mean"], meta["std"], torch.device("cpu"))
-    with torch.no_grad():  # the reference: plain float32 forward passes, none of imgclf's evaluation code
-        logits = torch.cat([model.eval()(prepare(images)) for images, _ in batches])
-    targets = torch.cat([targets for _, targets in batches])
-    loss = torch.nn.functional.cross_entropy(logits, targets).item()
-    assert result.history[result.best_epoch - 1]["val_loss"] == pytest.approx(loss, rel=1e-6)
-    assert meta["temperature"] == pytest.approx(fit_temperature(logits, targets), rel=1e-6)
 
 
 def test_predict_logits_defaults_to_fp32(cuda_like_auto, tiny_checkpoint):

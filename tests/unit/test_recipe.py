@@ -2,9 +2,7 @@
 (torch.optim.swa_utils), precise BN, gradient clipping under loss scaling, parameter groups, and the
 class-prior baseline a model must beat."""
 
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,12 +11,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from imgclf.baseline import learned_nothing, prior_loss
+from imgclf.augment.mixing import BatchMix, cutmix_box, mixed_loss
 from imgclf.ema import WeightAverage
 from imgclf.fit import TrainingRun, train_one_epoch
-from imgclf.mixing import BatchMix, cutmix_box, mixed_loss
+from imgclf.optim import make_optimizer, make_scheduler, parameter_groups
 from imgclf.precise_bn import batch_norms, recompute_statistics, statistics_stale
-from imgclf.train import make_optimizer, make_scheduler, parameter_groups
 from tests.conftest import tiny_train_config
 
 
@@ -185,65 +182,10 @@ def test_parameter_groups_split_head_backbone_and_norm_decay():
     assert max(peaks) == pytest.approx(10 * min(peaks))  # OneCycle keeps each group's own peak
 
 
-def test_prior_baseline_and_learned_nothing():
-    train, val = [0, 0, 0, 1], [0, 1, 1, 0]
-    assert prior_loss(train, val, 2) == pytest.approx(-(2 * math.log(0.75) + 2 * math.log(0.25)) / 4)
-    classes = ["a", "b", "c"]
-    assert "every one of the 4 images" in learned_nothing(0.1, 1.0, [1, 1, 1, 1], [0, 1, 2, 0], classes)
-    assert "no better than" in learned_nothing(1.1, 1.0986, [0, 1, 2, 0], [0, 1, 2, 0], classes)
-    assert learned_nothing(0.5, 1.0986, [0, 1, 1, 0], [0, 1, 2, 0], classes) is None
-    assert learned_nothing(0.5, 1.0986, [0, 0], [0, 0], classes) is None  # one class present: constant is right
-    assert prior_loss([0, 0], [1], 2) == pytest.approx(-np.log(0.5 / 2.5))  # an unseen class: half an image
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    """A learnable 3-class set at 32 px (a reddish, greenish and bluish tint under noise): 66 train / 30 val."""
-    from PIL import Image
-
-    from imgclf.artifacts import write_json
-    from imgclf.compute_weights import weights_document
-    from imgclf.decode import decode_split
-    from imgclf.split import split_image_folder, write_split
-
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(("red", "green", "blue")):
-        for i in range(34):
-            pixels = rng.integers(0, 150, (32, 32, 3))
-            pixels[..., k] += 100
-            (root / "raw" / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / "raw" / name / f"{i:02d}.png")
-    result = split_image_folder(root / "raw", 0.3, 0.05, seed=0, workers=1)
-    write_split(root / "split", result.parts, result.classes)
-    write_json(root / "weights.json", weights_document(result.classes, [1] * 3, "none", 0.9))
-    decode_split(root / "split", root / "decoded", 32, workers=1)
-    return root
 
 
-def train_colours(root, model_path, **changes):
-    from imgclf.train import train_model
-
-    config = tiny_train_config(batch_size=16, **changes)
-    return train_model(config, root / "split/train.csv", root / "split/val.csv", root / "decoded",
-                       ["blue", "green", "red"], [1.0, 1.0, 1.0], model_path)
-
-
-@pytest.mark.e2e  # three 6-epoch trainings: the full suite's, not the fast tier's
-def test_mobilenet_v3_learns_with_precise_bn_and_is_refused_without(colours, tmp_path):
-    from imgclf.errors import TrainingError
-
-    epochs = 6
-    resnet = train_colours(colours, tmp_path / "resnet.pt", arch="resnet18", epochs=epochs, precise_bn="never")
-    assert min(h["val_loss"] for h in resnet.history) < math.log(3) - 0.3  # resnet18 learns it in these epochs
-    # Without precise BN, momentum 0.01 leaves the eval-mode statistics near their initial values: one class for all.
-    with pytest.raises(TrainingError, match="learned nothing.*predicts class '.*' for every one of the 2[0-9] images"):
-        train_colours(colours, tmp_path / "stale.pt", arch="mobilenet_v3_small", epochs=epochs, precise_bn="never")
-    assert not (tmp_path / "stale.pt").exists()  # nothing written
-    mobilenet = train_colours(colours, tmp_path / "precise.pt", arch="mobilenet_v3_small", epochs=epochs,
-                              precise_bn="auto")
-    assert min(h["val_loss"] for h in mobilenet.history) < math.log(3) - 0.3  # within resnet18's epochs
-    assert max(h["val_f1"] for h in mobilenet.history) > 0.8 and (tmp_path / "precise.pt").exists()
 
 
 def test_evaluate_refuses_a_model_that_learned_nothing_where_it_can_tell():

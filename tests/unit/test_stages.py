@@ -35,7 +35,7 @@ def test_missing_params_file_is_one_line_and_exit_2(name, tmp_path):
 
 
 def test_an_error_under_dvc_says_how_to_restore_what_dvc_deleted(monkeypatch, tmp_path):
-    from imgclf.errors import recovery_hint
+    from imgclf.entry import recovery_hint
     from imgclf.template import PIPELINE
 
     assert recovery_hint() == ""  # not under DVC: nothing was deleted
@@ -57,8 +57,9 @@ def test_a_ctrl_c_while_the_worker_pool_starts_terminates_its_workers(monkeypatc
     import multiprocessing
     import os
     import signal
+    import threading
 
-    from imgclf.errors import worker_pool
+    from imgclf.workers import worker_pool
 
     context = multiprocessing.get_context("fork")
     make_pool, started, pools = type(context).Pool, [], []
@@ -73,12 +74,16 @@ def test_a_ctrl_c_while_the_worker_pool_starts_terminates_its_workers(monkeypatc
     monkeypatch.setattr(type(context), "Pool", pool_then_ctrl_c)
     # Python's own Ctrl-C handler, even when the tests run in the background of a shell (SIGINT ignored).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A thread with SIGINT unblocked, as torch's and tqdm's are: the kernel may hand the signal to it.
+    waiting = threading.Event()
+    other = threading.Thread(target=waiting.wait, args=(30,), daemon=True)
+    other.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             worker_pool(2)
+        handler_after = signal.getsignal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)
-    for worker in started:
-        worker.join(timeout=10)
-    assert len(started) == 2 and not any(worker.is_alive() for worker in started)
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # Ctrl-C let through again
+        waiting.set()
+    assert len(started) == 2 and not any(worker.is_alive() for worker in started)  # terminated and joined
+    assert handler_after is signal.default_int_handler  # Ctrl-C handled as before again

@@ -13,8 +13,9 @@ from imgclf import fit as fit_module
 from imgclf.checkpoint import load_checkpoint
 from imgclf.errors import DataError
 from imgclf.fit import EarlyStopping, TrainingRun, fit
-from imgclf.model import set_backbone_trainable
-from imgclf.train import make_scheduler, make_train_batches, make_val_batches, train_model
+from imgclf.optim import make_scheduler
+from imgclf.train import train_model
+from imgclf.train_data import make_train_batches, make_val_batches
 from tests.conftest import tiny_train_config as tiny_config
 
 CPU = torch.device("cpu")
@@ -77,7 +78,8 @@ def test_augmentation_reaches_training_batches_only():
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    fit(toy_run(model, train, val, optimizer, scheduler, augment=augment), epochs=2, patience=5, monitor="val_loss")
+    fit(toy_run(model, train, val, optimizer, scheduler, train_input=augment), epochs=2, patience=5,
+        monitor="val_loss")
     assert seen == [4] * 6  # 3 training batches x 2 epochs; the 5-image validation batches never
 
 
@@ -177,8 +179,7 @@ def test_freeze_epochs_train_only_the_head_first():
     snapshots = [{k: v.clone() for k, v in model.state_dict().items()}]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
-    run = toy_run(model, data, data, optimizer, scheduler,
-                  set_frozen=lambda frozen: set_backbone_trainable(model, not frozen))
+    run = toy_run(model, data, data, optimizer, scheduler)
     fit(run, epochs=3, patience=5, monitor="val_loss", freeze_epochs=2,
         on_epoch=lambda m: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}))
     assert torch.equal(snapshots[2]["0.weight"], snapshots[0]["0.weight"])  # frozen for epochs 1-2
@@ -202,11 +203,12 @@ def test_label_smoothing_reaches_the_loss(prepared, monkeypatch):
     assert [kw.get("label_smoothing") for kw in made] == [0.2]  # the training loss; validation stays plain
 
 
-@pytest.mark.parametrize("key", ["warmup_epochs", "freeze_epochs"])
-def test_warmup_and_freeze_must_leave_epochs(tmp_path, key):
+def test_warmup_must_leave_epochs_and_freezing_them_all_is_head_only_training():
     from imgclf.errors import ConfigError
-    with pytest.raises(ConfigError, match=f"train.{key}: must be < train.epochs"):
-        dataclasses.replace(tiny_config(), epochs=3, **{key: 3}).validate()
+    with pytest.raises(ConfigError, match="train.warmup_epochs: must be < train.epochs"):
+        dataclasses.replace(tiny_config(), epochs=3, warmup_epochs=3).validate()
+    dataclasses.replace(tiny_config(), epochs=3, freeze_epochs=5).validate()
+    assert dataclasses.replace(tiny_config(), epochs=3, freeze_epochs=3).head_only
 
 
 def test_monitor_val_f1_keeps_the_epoch_with_the_best_f1(monkeypatch):
@@ -222,18 +224,6 @@ def test_monitor_val_f1_keeps_the_epoch_with_the_best_f1(monkeypatch):
     assert (result.best_epoch, result.epochs_run, result.best_value) == (3, 5, 0.9)
 
 
-def test_compiled_training_saves_a_plain_checkpoint(prepared, monkeypatch):
-    # The inductor backend needs minutes on a CPU; the eager backend exercises the same wrapper.
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="eager"))
-    classes = json.loads((prepared / "split/classes.json").read_text())
-    result = train_model(tiny_config(epochs=1, compile=True), prepared / "split/train.csv",
-                         prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 1.0, 1.0],
-                         prepared / "model.pt")
-    state = torch.load(prepared / "model.pt", weights_only=True)["state_dict"]
-    assert not any(key.startswith("_orig_mod.") for key in state)
-    load_checkpoint(prepared / "model.pt")  # strict load into a plain model
-    assert result.epochs_run == 1
 
 
 def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
@@ -246,7 +236,7 @@ def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
     from dvclive import Live
     from scmrepo.exceptions import SCMError
 
-    from imgclf.train import open_live
+    from imgclf.live import open_live
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
@@ -259,16 +249,6 @@ def test_dvclive_hook_still_needed_and_working(tmp_path, monkeypatch):
     assert (tmp_path / "ours/plots/metrics/val_loss.tsv").exists()
 
 
-@pytest.mark.e2e  # builds a ViT-B/16 (86 M parameters)
-def test_an_architecture_that_cannot_take_the_image_size_is_refused_before_training(prepared):
-    from imgclf.errors import ConfigError
-
-    classes = json.loads((prepared / "split/classes.json").read_text())
-    with pytest.raises(ConfigError, match=r"train.arch: vit_b_16 cannot take 16 px images \(.*224.*\); "
-                                          r"it needs 224 px: set decode.image_size"):
-        train_model(tiny_config(arch="vit_b_16"), prepared / "split/train.csv", prepared / "split/val.csv",
-                    prepared / "decoded", classes, [1.0, 1.0, 1.0], prepared / "model.pt")
-    assert not (prepared / "model.pt").exists()
 
 
 def test_input_size_crops_the_stored_images_and_travels_with_the_model(prepared, tmp_path):

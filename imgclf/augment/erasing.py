@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from imgclf.crop import memory_format_of, to_device
+from imgclf.augment.device import memory_format_of, to_device
 
 ATTEMPTS = 10  # torchvision's RandomErasing tries 10 boxes, then leaves the image as it is
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from imgclf.crop import memory_format_of, to_device
+from imgclf.augment.device import memory_format_of, to_device
 
 # Every op the three policies use, in torchvision's order (its augmentation spaces' key order): an op's index
 # here is what apply() takes. TrivialAugmentWide and RandAugment choose among the first 14; Invert is AutoAugment's.
