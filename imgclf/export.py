@@ -67,6 +67,7 @@ def export_onnx(model: nn.Module, meta: dict, onnx_path: str | os.PathLike, opse
     metadata = {"format": METADATA_FORMAT, "arch": meta["arch"], "classes": json.dumps(meta["classes"]),
                 **{key: str(value) for key, value in Geometry.of(meta).metadata().items()},
                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                "weights_input_size": json.dumps(meta.get("weights_input_size")),
                 "temperature": repr(meta["temperature"]), "tta": tta}
     with atomic_path(onnx_path) as tmp:
         try:

