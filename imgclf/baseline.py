@@ -70,6 +70,14 @@ def chance_p_value(predictions: Sequence[int], targets: Sequence[int], resolutio
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+def same_class_for_all(predictions: Sequence[int], targets: Sequence[int], classes: Sequence[str]) -> str | None:
+    """Why predictions that give every image one class (while the set holds several) show nothing learned, or None."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    if len(np.unique(targets)) > 1 and len(predictions) and (predictions == predictions[0]).all():
+        return f"it predicts class '{classes[int(predictions[0])]}' for every one of the {len(predictions)} images"
+    return None
+
+
 def learned_nothing(loss: float, prior: float, predictions: Sequence[int], targets: Sequence[int],
                     classes: Sequence[str], epochs: int = 1) -> str | None:
     """Why a model's predictions on a labelled set show it learned nothing, or None if they do not.
@@ -78,17 +86,16 @@ def learned_nothing(loss: float, prior: float, predictions: Sequence[int], targe
     that minimises it) is no better than the class prior's; or its correct predictions are within
     chance (chance_p_value above ALPHA / `epochs`: the best of `epochs` epochs was picked on this set).
     """
-    predictions, targets = np.asarray(predictions), np.asarray(targets)
-    several = len(np.unique(targets)) > 1
-    if several and len(predictions) and (predictions == predictions[0]).all():
-        name = classes[int(predictions[0])]
-        return f"it predicts class '{name}' for every one of the {len(predictions)} images"
+    reason = same_class_for_all(predictions, targets, classes)
+    if reason is not None:
+        return reason
     if loss >= prior:
         return (f"its loss {loss:.4f} (at its fitted temperature) is no better than {prior:.4f}, the loss of "
                 f"always predicting the training set's class frequencies")
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
     threshold = ALPHA / max(epochs, 1)
     p_value = chance_p_value(predictions, targets, threshold)
-    if several and p_value > threshold:
+    if len(np.unique(targets)) > 1 and p_value > threshold:
         correct = int((predictions == targets).sum())
         picked = f", allowing for the best of {epochs} epochs" if epochs > 1 else ""
         return (f"its {correct} correct of {len(targets)} are within chance: predictions that ignore the images do "

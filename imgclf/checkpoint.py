@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,10 +11,12 @@ from torch import nn
 
 from imgclf.artifacts import atomic_open
 from imgclf.calibration import calibrated_probabilities
+from imgclf.classifier import Classifier
 from imgclf.errors import DataError
 from imgclf.images import Geometry
 from imgclf.inference import evaluation_precision, select_device, with_tta
 from imgclf.model import build_model
+from imgclf.novelty import FeaturesAndLogits, Novelty
 from imgclf.transforms import ModelInput, memory_format
 
 FORMAT = "imgclf.checkpoint/2"  # /2: adds the calibration temperature
@@ -37,24 +39,36 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **metadata: Any) 
         torch.save({"format": FORMAT, "state_dict": state, **metadata}, handle)
 
 
-def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32", tta: str = "none") \
-        -> tuple[list[str], Geometry, Callable[[np.ndarray], np.ndarray]]:
-    """model.pt as predict uses it: (classes, its images' geometry, calibrated probabilities of a uint8 batch).
+def checkpoint_classifier(path: str | os.PathLike, device_name: str, precision: str = "fp32",
+                          tta: str = "none") -> Classifier:
+    """model.pt as predict uses it: classes, its images' geometry, calibrated probabilities of a uint8 batch, and each
+    image's distance to the training images (on the un-mirrored image).
 
     float32 unless `precision` opts in to bf16/fp16 (inference.evaluation_precision); `tta` hflip
     averages each image's and its mirror's logits (inference.HFlipTTA).
     """
     device = select_device(device_name)
     model, meta = load_checkpoint(path, device)
-    model = with_tta(model, tta)
+    novelty = load_novelty(path, device)
+    split = FeaturesAndLogits(model).eval() if novelty is not None else None
+    mirrored = with_tta(model, tta)
     prepare = ModelInput(meta["mean"], meta["std"], device)
 
-    def probabilities(images: np.ndarray) -> np.ndarray:
+    def outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        distances = None
         with torch.no_grad(), evaluation_precision(device, precision):
-            logits = model(prepare(torch.from_numpy(images)))
-        return calibrated_probabilities(logits, meta["temperature"]).cpu().numpy()
+            batch = prepare(torch.from_numpy(images))
+            if split is None:
+                logits = mirrored(batch)
+            else:
+                logits, features = split(batch)
+                if tta == "hflip":  # inference.HFlipTTA's mean, with the features of the image as it is
+                    logits = (logits.float() + split(batch.flip(-1))[0].float()) / 2
+                distances = novelty(features.float()).cpu().numpy()
+        return calibrated_probabilities(logits, meta["temperature"]).cpu().numpy(), distances
 
-    return meta["classes"], Geometry.of(meta), probabilities
+    return Classifier(meta["classes"], Geometry.of(meta), outputs,
+                      meta["novelty"]["distances"] if novelty is not None else None)
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -87,6 +101,17 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     except RuntimeError as err:
         raise DataError(f"{path}: weights do not match {data['arch']} with {len(classes)} classes "
                         f"({str(err).splitlines()[0][:200]})") from None
-    metadata = {key: value for key, value in data.items() if key not in ("state_dict", "format")}
+    # Plain data only (the novelty bank, a tensor, is load_novelty's).
+    metadata = {key: value for key, value in data.items() if key not in ("state_dict", "format", "novelty_bank")}
     device = torch.device(device)
     return model.to(device, memory_format=memory_format(device)).eval(), metadata
+
+
+def load_novelty(path: str | os.PathLike, device: torch.device | str = "cpu") -> Novelty | None:
+    """model.pt's distance to the training images (novelty.Novelty: its bank of training features and k), or None for
+    a model written before it. Read after load_checkpoint has checked the file."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    bank, novelty = data.get("novelty_bank"), data.get("novelty")
+    if not isinstance(bank, torch.Tensor) or not isinstance(novelty, dict):
+        return None
+    return Novelty(bank, int(novelty["k"])).to(device)

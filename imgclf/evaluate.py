@@ -10,7 +10,7 @@ import pandas as pd
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from imgclf.baseline import MIN_IMAGES, learned_nothing
+from imgclf.baseline import MIN_IMAGES, largest_class_test, learned_nothing, same_class_for_all
 from imgclf.batches import ImageListDataset
 from imgclf.calibration import calibrated_probabilities, expected_calibration_error, reliability_table
 from imgclf.checkpoint import load_checkpoint
@@ -51,7 +51,7 @@ def refuse_if_learned_nothing(model_path: str | os.PathLike, meta: dict, predict
     loss (recorded by train) no better than the class prior's."""
     reason = None
     if len(targets) >= MIN_IMAGES:
-        reason = learned_nothing(float("-inf"), 0.0, predicted, targets, classes)
+        reason = same_class_for_all(predicted, targets, classes)
     # The train stage's verdict counts only where it could judge (it kept a model of fewer val images, warning).
     judged = meta.get("val_images", 0) >= MIN_IMAGES
     if reason is None and judged and meta["val_loss_calibrated"] >= meta["prior_loss"]:
@@ -83,6 +83,9 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     refuse_if_learned_nothing(model_path, meta, predicted, targets.numpy(), classes)
     loss = F.cross_entropy(logits, targets).item()
     metrics = classification_metrics(targets.numpy(), predicted, classes, loss)
+    # Is the accuracy distinguishable from always answering the test set's largest class, on this many images?
+    largest, p_value = largest_class_test(predicted, targets.numpy())
+    metrics.update(largest_class_accuracy=largest, p_value_vs_largest_class=p_value)
     raw = calibrated_probabilities(logits, 1.0)
     calibrated = calibrated_probabilities(logits, meta["temperature"])
     metrics.update(temperature=meta["temperature"], ece=expected_calibration_error(raw, targets),
@@ -94,3 +97,13 @@ def evaluate_model(model_path: str | os.PathLike, test_csv: str | os.PathLike, c
     reliability = {"uncalibrated": reliability_table(raw, targets),
                    "calibrated": reliability_table(calibrated, targets)}
     return Evaluation(metrics, samples, report_text(targets.numpy(), predicted, classes), reliability)
+
+
+def chance_note(metrics: dict, images: int, level: float = 0.05) -> str:
+    """One plain line when the test accuracy cannot be told apart from always predicting the largest class, else ""."""
+    if metrics["p_value_vs_largest_class"] <= level:
+        return ""
+    return (f"note: test accuracy {metrics['accuracy']:.4f} on {images} images is not distinguishable from always "
+            f"predicting the largest class ({metrics['largest_class_accuracy']:.4f}; one-sided binomial p = "
+            f"{metrics['p_value_vs_largest_class']:.3g}): these metrics do not show that the model learned anything; "
+            f"more test images or a better model would")

@@ -64,11 +64,31 @@ class OnnxClassifier:
         if not isinstance(self.classes, list) or not self.classes or not 0 < self.temperature < float("inf"):
             raise DataError(f"{path}: malformed metadata (classes or temperature)")
         self.input_name = self.session.get_inputs()[0].name
+        self.has_distances = [output.name for output in self.session.get_outputs()] == ["logits", "distance"]
+        try:
+            novelty = json.loads(props["novelty"]) if "novelty" in props else None
+            self.reference = [float(d) for d in novelty["distances"]] if novelty else None
+        except (ValueError, TypeError, KeyError) as err:
+            raise DataError(f"{path}: malformed metadata (novelty: {err})") from None
+        if (self.reference is not None) != self.has_distances:
+            raise DataError(f"{path}: malformed metadata (novelty distances without a distance output, or the other "
+                            f"way round)")
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 logits for a uint8 N x 3 x S x S batch (with the graph's own test-time augmentation, `tta`), and
+        each image's distance to the training images (None for a model exported without them)."""
+        found = self.session.run(None, {self.input_name: images})
+        return found[0], (found[1] if self.has_distances else None)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """float32 logits for a uint8 N x 3 x S x S batch (with the graph's own test-time augmentation, `tta`)."""
-        return self.session.run(None, {self.input_name: images})[0]
+        """float32 logits for a uint8 N x 3 x S x S batch."""
+        return self.run(images)[0]
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Temperature-calibrated class probabilities, softmax(logits / T), and the distances (or None)."""
+        logits, distances = self.run(images)
+        return softmax(logits / self.temperature), distances
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Temperature-calibrated class probabilities, softmax(logits / T)."""
-        return softmax(self.logits(images) / self.temperature)
+        return self.outputs(images)[0]

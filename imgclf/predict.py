@@ -11,12 +11,13 @@ import argparse
 import csv
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from imgclf.artifacts import atomic_open
+from imgclf.classifier import Classifier
 from imgclf.config import Device, load_section, param
 from imgclf.entry import stage_main
 from imgclf.errors import ConfigError, DataError
@@ -42,15 +43,9 @@ class PredictConfig:
         "for speed (model.pt only)")
     tta: Literal["none", "hflip"] = param("test-time augmentation: hflip averages the logits of each image and its "
                                           "mirror (none for digits and text)")
-
-
-@dataclass
-class Classifier:
-    """What predict needs of a model: its classes, its images' geometry, calibrated probabilities of a uint8 batch."""
-
-    classes: list[str]
-    geometry: Geometry
-    probabilities: Callable[[np.ndarray], np.ndarray]
+    unknown_quantile: float | None = param(
+        "an image farther from the training images (features, k nearest) than this quantile of the validation "
+        "images' distances gets status `unknown`: of no class (null: never)", ge=0.5, le=1)
 
 
 def open_classifier(model_path: str | os.PathLike, device: str, precision: str = "fp32",
@@ -71,7 +66,7 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
         if tta is not None and model.tta != tta:  # the graph cannot change its TTA: say so rather than ignore it
             raise ConfigError(f"predict.tta: {tta}, but {model_path} was exported with tta {model.tta}; re-run the "
                               f"export stage (`dvc repro export`) to build predict.tta into it")
-        return Classifier(model.classes, model.geometry, model.probabilities)
+        return Classifier(model.classes, model.geometry, model.outputs, model.reference)
     try:
         import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
     except ImportError:
@@ -80,8 +75,7 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
                         f"(pip install -r requirements.txt)") from None
     from imgclf.checkpoint import checkpoint_classifier
 
-    classes, geometry, probabilities = checkpoint_classifier(model_path, device, precision, tta or "none")
-    return Classifier(classes, geometry, probabilities)
+    return checkpoint_classifier(model_path, device, precision, tta or "none")
 
 
 def image_batches(paths: Sequence[str], geometry: Geometry, batch_size: int,
@@ -115,32 +109,38 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[str | os.PathL
                   cfg: PredictConfig, tta_as_exported: bool = False) -> dict[str, int]:
     """Classify every file of `inputs` (files, and folders searched recursively), streaming rows to `output_path`.
 
-    Probabilities are temperature-calibrated; a row whose confidence is below `cfg.min_confidence`
-    keeps its prediction but gets the status `uncertain`, for a human to review. Returns the counts
-    of ok, uncertain and error rows. `tta_as_exported`: a model.onnx's own TTA, whatever cfg.tta says.
+    Probabilities are temperature-calibrated. A row keeps its prediction but gets the status `unknown` when the
+    image lies farther from the training images than `cfg.unknown_quantile` allows (of no class), else `uncertain`
+    when its confidence is below `cfg.min_confidence`, both for a human to review; its distance is in the row.
+    Returns the counts of ok, uncertain, unknown and error rows. `tta_as_exported`: a model.onnx's own TTA,
+    whatever cfg.tta says.
     """
     paths = list_inputs(inputs)
     model = open_classifier(model_path, cfg.device, cfg.precision, None if tta_as_exported else cfg.tta)
-    classes = model.classes
-    counts = {"ok": 0, "uncertain": 0, "error": 0}
+    classes, limit = model.classes, model.unknown_threshold(cfg.unknown_quantile)
+    counts = {"ok": 0, "uncertain": 0, "unknown": 0, "error": 0}
     with atomic_open(output_path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "prediction", "confidence", *[f"prob_{c}" for c in classes], "status"])
+        writer.writerow(["path", "prediction", "confidence", *[f"prob_{c}" for c in classes], "distance", "status"])
         rows = iter(paths)
         batches = image_batches(paths, model.geometry, cfg.batch_size, cfg.num_workers)
         for images, errors in tqdm(batches, total=-(-len(paths) // cfg.batch_size), desc="predict", unit="batch",
                                    mininterval=1.0):
             # Rows are written batch by batch: memory does not grow with the number of images.
-            for probs, error in zip(model.probabilities(images).tolist(), errors):
+            probabilities, distances = model.outputs(images)
+            distances = distances.tolist() if distances is not None else [None] * len(images)
+            for probs, distance, error in zip(probabilities.tolist(), distances, errors):
                 path = next(rows)
                 if error:
                     counts["error"] += 1
-                    writer.writerow([path, "", "", *[""] * len(classes), f"error: {error}"])
+                    writer.writerow([path, "", "", *[""] * len(classes), "", f"error: {error}"])
                     continue
                 best = max(range(len(classes)), key=probs.__getitem__)
-                status = "uncertain" if probs[best] < cfg.min_confidence else "ok"
+                status = "unknown" if distance is not None and distance > limit else \
+                    "uncertain" if probs[best] < cfg.min_confidence else "ok"
                 counts[status] += 1
-                writer.writerow([path, classes[best], f"{probs[best]:.6f}", *[f"{p:.6f}" for p in probs], status])
+                writer.writerow([path, classes[best], f"{probs[best]:.6f}", *[f"{p:.6f}" for p in probs],
+                                 "" if distance is None else f"{distance:.6f}", status])
     return counts
 
 
@@ -169,9 +169,9 @@ def main() -> None:
         from imgclf.template import PARAMS as params
     cfg = load_section(params, "predict", PredictConfig)
     counts = predict_files(args.model, args.input, args.output, cfg, tta_as_exported=shipped)
-    if counts["ok"] + counts["uncertain"] + counts["error"] == 0:
+    if sum(counts.values()) == 0:
         print(f"no files found in {' '.join(args.input)}; wrote {args.output} with its header only")
     else:
-        print(f"predicted {counts['ok'] + counts['uncertain']} images ({counts['uncertain']} uncertain, below "
-              f"min_confidence {cfg.min_confidence}; {counts['error']} unreadable; see the status column); "
-              f"wrote {args.output}")
+        print(f"predicted {sum(counts.values()) - counts['error']} images ({counts['unknown']} unknown: far from every "
+              f"training image; {counts['uncertain']} uncertain, below min_confidence "
+              f"{cfg.min_confidence}; {counts['error']} unreadable; see the status column); wrote {args.output}")

@@ -31,6 +31,7 @@ from imgclf.features import FeatureCounts, FeatureStore, feature_set_id, feature
 from imgclf.fit import CachedFeatures, FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
 from imgclf.model import Preprocessing, build_pretrained, check_arch, classifier_head
+from imgclf.novelty import fit_model as fit_novelty
 from imgclf.optim import make_optimizer, make_scheduler, parameter_groups
 from imgclf.resume import EverySeconds, Fingerprint, StateWriter, load_state, remove_state
 from imgclf.train_data import SplitData, make_bn_batches, make_train_batches, make_val_batches, read_data
@@ -258,6 +259,13 @@ def resume_point(cfg: TrainConfig, world: World, device: torch.device, data: Spl
     return resume_from, EverySeconds(StateWriter(state_path, fingerprint), cfg.state_every) if world.is_main else None
 
 
+def cached_features_of(cfg: TrainConfig, run: TrainingRun) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training, validation) feature tables of the kept model when the head alone trained on them, else None."""
+    if cfg.head_only and run.features is not None:
+        return run.features.train_batches.images, run.features.val_batches.images
+    return None
+
+
 def final_val_logits(cfg: TrainConfig, run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
     """The kept model's float32 validation logits: on the cached features when the head alone trained, else on
     the validation images (the same numbers either way, up to float rounding: the backbone was frozen)."""
@@ -299,6 +307,8 @@ def finish(cfg: TrainConfig, run: TrainingRun, fitted: FitResult, data: SplitDat
     judge(cfg, fitted, logits, targets, val_loss, prior, classes, say)
     if run.world.is_main:
         save_checkpoint(model_path, model, arch=cfg.arch, classes=list(classes), **data.geometry.metadata(),
+                        **fit_novelty(model, run.prepare, data.cropped_train, data.train["target"], data.val_images,
+                                      cfg.batch_size, cfg.seed, cached_features_of(cfg, run)),
                         **preprocessing.metadata(), dropout=cfg.dropout, params=dataclasses.asdict(cfg),
                         best_epoch=fitted.best_epoch, epochs_run=fitted.epochs_run,
                         temperature=calibration.temperature, val_loss_calibrated=val_loss, prior_loss=prior,

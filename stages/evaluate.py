@@ -6,7 +6,7 @@ from pathlib import Path
 from imgclf.artifacts import write_csv, write_json, write_text
 from imgclf.config import load_section
 from imgclf.entry import stage_main
-from imgclf.evaluate import EvaluateConfig, evaluate_model
+from imgclf.evaluate import EvaluateConfig, chance_note, evaluate_model
 from imgclf.plots import mistakes_gallery, per_class_frame, save_png
 from imgclf.startup import preload
 
@@ -50,6 +50,9 @@ def main() -> None:
     print(f"test accuracy {metrics['accuracy']:.4f}  f1_weighted {metrics['f1_weighted']:.4f}  "
           f"f1_macro {metrics['f1_macro']:.4f}  ECE {metrics['ece']:.4f} -> {metrics['ece_calibrated']:.4f} "
           f"(temperature {metrics['temperature']:.3f}); wrote {args.metrics}")
+    note = chance_note(metrics, len(result.samples))
+    if note:
+        print(note)
 
 
 if __name__ == "__main__":

@@ -313,3 +313,31 @@ def cuda_like_auto(monkeypatch):
     import imgclf.train
     monkeypatch.setattr(imgclf.fit, "autocast_dtype", as_on_cuda)
     monkeypatch.setattr(imgclf.train, "autocast_dtype", as_on_cuda)
+
+
+def checkpoint_with_novelty(tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
+    """An untrained resnet18 model.pt (classes a, b, c at 16 px) whose distance bank holds three images' own features
+    (k = 1, validation distances of at most 1e-4), and the images under tmp_path/in: (model, those 3, 2 others)."""
+    import torch
+
+    from imgclf.checkpoint import save_checkpoint
+    from imgclf.features import compute_features
+    from imgclf.images import Geometry
+    from imgclf.model import build_model
+    from imgclf.novelty import fit
+    from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 0.1).eval()
+    known = [write_png(tmp_path / "in" / f"known{i}.png", 40 * i) for i in range(3)]
+    others = [write_png(tmp_path / "in" / f"other{i}.png", 200 + 17 * i) for i in range(2)]
+    geometry = Geometry(16, 16, "squash")
+    pixels = torch.from_numpy(np.stack([geometry.load(p) for p in known]))
+    features = compute_features(model, [pixels], ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu")))
+    novelty = fit(features, features[:0])
+    novelty["novelty"].update(k=1, distances=[0.0, 1e-4])  # as if validation images all lay that close
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, arch="resnet18", classes=["a", "b", "c"], image_size=16, mean=list(IMAGENET_MEAN),
+                    std=list(IMAGENET_STD), dropout=0.1, params={}, best_epoch=1, epochs_run=1, temperature=1.0,
+                    **novelty)
+    return path, known, others

@@ -246,7 +246,32 @@ def test_a_pretrained_timm_lite0_exports_with_parity_and_every_path_uses_its_rec
     assert json.loads(meta["mean"]) == json.loads(meta["std"]) == [0.5, 0.5, 0.5]
     assert json.loads(meta["weights_input_size"]) == 224 and meta["arch"] == arch
     onnx_model = OnnxClassifier(tmp_path / "model.onnx")
-    _, geometry, probabilities = checkpoint_classifier(tmp_path / "model.pt", "cpu")
+    classifier = checkpoint_classifier(tmp_path / "model.pt", "cpu")
+    geometry, probabilities = classifier.geometry, classifier.probabilities
     assert onnx_model.geometry == geometry == Geometry(256, 224, "crop")
     images = np.stack([geometry.load(tmp_path / f"{name}.jpg") for name in ("china", "flower")])
     assert np.allclose(onnx_model.probabilities(images), probabilities(images), atol=1e-5)
+
+
+def test_model_onnx_carries_the_distance_to_the_training_images_and_imgclf_predict_marks_the_same_unknowns(tmp_path):
+    """The export builds the k-nearest distance into the graph (a second output) and its reference distances into the
+    metadata: predict with model.onnx writes model.pt's rows, statuses and distances, with hflip TTA on too."""
+    from tests.conftest import checkpoint_with_novelty
+
+    model_path, known, others = checkpoint_with_novelty(tmp_path)
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("path,label\n" + "".join(f"{p},a\n" for p in known + others))
+    from imgclf.export import export_model
+
+    report = export_model(model_path, test_csv, tmp_path / "model.onnx", export_cfg(), tta="hflip")
+    assert report["max_abs_distance_diff"] < 1e-5 and report["prediction_mismatches"] == 0
+    rows = {}
+    for name in ("model.pt", "model.onnx"):
+        code, _, err = predict_with(tmp_path / name, [tmp_path / "in"], tmp_path / f"{name}.csv", tmp_path, "hflip")
+        assert code == 0, err
+        rows[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    pt, onnx_rows = rows["model.pt"], rows["model.onnx"]
+    assert onnx_rows["status"].tolist() == pt["status"].tolist() == ["ok"] * 3 + ["unknown"] * 2
+    assert np.allclose(onnx_rows["distance"], pt["distance"], atol=1e-5)
+    probabilities = [c for c in pt if c.startswith("prob_")]
+    assert np.allclose(onnx_rows[probabilities], pt[probabilities], atol=1e-5)

@@ -78,3 +78,18 @@ def test_largest_class_test():
     largest, p_value = largest_class_test(targets[:30] + [0] * 9, targets)  # 30 of 39 right
     assert largest == pytest.approx(20 / 39) and p_value < 0.01
     assert largest_class_test([1, 1], [1, 1]) == (1.0, 1.0)
+
+
+def test_evaluate_says_plainly_when_test_accuracy_is_within_the_largest_class_rule():
+    from imgclf.evaluate import chance_note
+
+    targets = [0] * 20 + [1] * 19
+    lucky = targets[:22] + [0] * 17  # 23 of 39 right against 20 for "always 0": p about 0.2
+    largest, p_value = largest_class_test(lucky, targets)
+    note = chance_note({"accuracy": 23 / 39, "largest_class_accuracy": largest, "p_value_vs_largest_class": p_value},
+                       39)
+    assert note.startswith("note: test accuracy 0.5897 on 39 images is not distinguishable from always predicting "
+                           "the largest class (0.5128; one-sided binomial p = ")
+    good = largest_class_test(targets[:35] + [0] * 4, targets)
+    assert chance_note({"accuracy": 35 / 39, "largest_class_accuracy": good[0], "p_value_vs_largest_class": good[1]},
+                       39) == ""

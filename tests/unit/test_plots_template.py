@@ -87,3 +87,26 @@ def test_remote_check_reads_markup_and_css_not_script_text():
     </div></body></html>"""
     assert remote_references(page) == [("<link href>", "//fonts.example/a.css"), ("<style>", "https://x/y.css"),
                                        ("<style>", "http://x/bg.png"), ("<img srcset>", "HTTPS://x/b.png")]
+
+
+def test_every_plot_template_exists_and_the_epoch_axes_read_as_whole_epochs():
+    """The per-epoch curves number epochs from 1 in whole steps, and the learning rate is on a log scale (a constant
+    5e-4 on a linear axis had one tick, at 0); DVC finds the project's templates in .dvc/plots."""
+    import json
+
+    import yaml
+    from dvc_render.vega_templates import TEMPLATES
+
+    from imgclf.template import PIPELINE
+
+    builtin = {template.DEFAULT_NAME for template in TEMPLATES}
+    for plot in yaml.safe_load(PIPELINE.read_text())["plots"]:
+        props = next(iter(plot.values())) if isinstance(plot, dict) else {}
+        name = props.get("template") if isinstance(props, dict) else None
+        assert name is None or name in builtin or (ROOT / ".dvc" / "plots" / f"{name}.json").is_file(), name
+    for name in ("epochs", "learning_rate"):
+        spec = json.loads((ROOT / ".dvc" / "plots" / f"{name}.json").read_text())
+        assert spec["transform"] == [{"calculate": "toNumber(datum['<DVC_METRIC_X>']) + 1", "as": "epoch"}]
+        assert spec["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+    lr = json.loads((ROOT / ".dvc" / "plots" / "learning_rate.json").read_text())["encoding"]["y"]
+    assert lr["scale"] == {"type": "log", "nice": True}

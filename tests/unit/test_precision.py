@@ -105,12 +105,12 @@ def test_evaluate_scores_in_fp32_by_default(cuda_like_auto, tmp_path, tiny_check
 def test_predict_with_model_pt_gives_fp32_probabilities_by_default(cuda_like_auto, tiny_checkpoint):
     from imgclf.calibration import calibrated_probabilities
 
-    classes, geometry, probabilities = checkpoint_classifier(tiny_checkpoint, "cpu")
+    classifier = checkpoint_classifier(tiny_checkpoint, "cpu")
     model, meta = load_checkpoint(tiny_checkpoint)
-    size = geometry.input_size
+    size = classifier.geometry.input_size
     images = torch.randint(0, 256, (6, 3, size, size), dtype=torch.uint8)
     expected = calibrated_probabilities(fp32_logits(model, images, meta), meta["temperature"]).numpy()
-    np.testing.assert_allclose(probabilities(images.numpy()), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(classifier.probabilities(images.numpy()), expected, rtol=0, atol=1e-6)
 
 
 def test_predict_precision_applies_to_model_pt_only(tmp_path):

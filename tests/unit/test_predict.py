@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 
 from imgclf.template import PARAMS
-from tests.conftest import run_stage, write_png
+from tests.conftest import checkpoint_with_novelty, run_stage, write_png
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,9 +30,11 @@ def test_predicts_every_file_and_marks_unreadable_ones(tmp_path, tiny_checkpoint
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     result = run_predict(tiny_checkpoint, folder, tmp_path / "out.csv", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "predicted 5 images (0 uncertain, below min_confidence 0.0; 1 unreadable" in result.stdout
+    assert "predicted 5 images (0 unknown: far from every training image; 0 uncertain, below min_confidence 0.0; " \
+           "1 unreadable" in result.stdout
     frame = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
-    assert list(frame.columns) == ["path", "prediction", "confidence", "prob_a", "prob_b", "prob_c", "status"]
+    assert list(frame.columns) == ["path", "prediction", "confidence", "prob_a", "prob_b", "prob_c", "distance",
+                                   "status"]
     assert len(frame) == 6
     ok = frame[frame["status"] == "ok"]
     assert set(ok["prediction"]) <= {"a", "b", "c"}
@@ -76,7 +78,7 @@ def test_empty_folder_gives_header_only(tmp_path, tiny_checkpoint):
     result = run_predict(tiny_checkpoint, tmp_path / "empty", tmp_path / "out.csv", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no files found" in result.stdout
-    assert (tmp_path / "out.csv").read_text() == "path,prediction,confidence,prob_a,prob_b,prob_c,status\n"
+    assert (tmp_path / "out.csv").read_text() == "path,prediction,confidence,prob_a,prob_b,prob_c,distance,status\n"
 
 
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path):
@@ -98,3 +100,17 @@ def test_evaluate_refuses_a_model_trained_on_other_classes(tmp_path, tiny_checkp
     with pytest.raises(DataError, match="classes differ from those"):
         evaluate_model(tiny_checkpoint, tmp_path / "test.csv", tmp_path / "classes.json",
                        EvaluateConfig(batch_size=2, num_workers=0, device="cpu", precision="fp32", tta="none"))
+
+
+def test_images_far_from_every_training_image_are_unknown_and_their_distance_is_in_the_row(tmp_path):
+    """A bank of three images' own features (k = 1) and validation distances of at most 1e-4: those three images are
+    at distance ~0, any other image is farther than the 0.99 quantile and gets status `unknown`."""
+    model_path, known, others = checkpoint_with_novelty(tmp_path)
+    result = run_predict(model_path, tmp_path / "in", tmp_path / "out.csv", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "predicted 5 images (2 unknown: far from every training image" in result.stdout
+    frame = pd.read_csv(tmp_path / "out.csv").set_index("path")
+    assert frame.loc[[p.as_posix() for p in known], "status"].tolist() == ["ok"] * 3
+    assert frame.loc[[p.as_posix() for p in others], "status"].tolist() == ["unknown"] * 2
+    assert (frame.loc[[p.as_posix() for p in known], "distance"] < 1e-4).all()
+    assert (frame.loc[[p.as_posix() for p in others], "prediction"].isin(["a", "b", "c"])).all()  # still given

@@ -104,13 +104,14 @@ def test_every_path_from_model_pt_normalises_with_the_recorded_statistics(lite0_
     save_checkpoint(path, model, arch=LITE0, classes=["a", "b"], image_size=224, stored_size=256, resize="crop",
                     reducing_gap=None, **preprocessing.metadata(), dropout=0.0, params={}, best_epoch=1,
                     epochs_run=1, temperature=1.0)
-    classes, geometry, probabilities = checkpoint_classifier(path, "cpu")
+    classifier = checkpoint_classifier(path, "cpu")
     paths, images = sample_photos
+    geometry = classifier.geometry
     assert geometry == Geometry(256, 224, "crop") and np.array_equal(geometry.load(paths[0]), images[0].numpy())
     with torch.no_grad():
         ours = model.eval()(ModelInput((0.5,) * 3, (0.5,) * 3, torch.device("cpu"))(images)).softmax(1)
         imagenet = model.eval()(ModelInput(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))(images)).softmax(1)
-    got = torch.from_numpy(probabilities(images.numpy()))
+    got = torch.from_numpy(classifier.probabilities(images.numpy()))
     assert torch.allclose(got, ours, atol=1e-5) and not torch.allclose(got, imagenet, atol=1e-3)
 
 
