@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success rename it over `path`."""
@@ -23,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # Same directory as the target, so that os.replace is a rename within one file system.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; an artifact gets the mode a plain open() would give it
     try:
         yield Path(tmp_name)
         os.replace(tmp_name, path)

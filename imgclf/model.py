@@ -137,8 +137,9 @@ def is_timm(arch: str) -> bool:
     return arch.startswith(TIMM)
 
 
-def check_arch(arch: str) -> None:
-    """Refuse an architecture neither torchvision nor timm has, in one line with the closest names."""
+def check_arch(arch: str, key: str = "train.arch") -> None:
+    """Refuse an architecture neither torchvision nor timm has, in one line (naming the param `key`) with the closest
+    names."""
     if is_timm(arch):
         import timm
 
@@ -146,20 +147,20 @@ def check_arch(arch: str) -> None:
         if not timm.is_model(name):
             close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
             hint = f" (did you mean {', '.join(TIMM + c for c in close)}?)" if close else ""
-            raise ConfigError(f"train.arch: unknown timm model '{name}'{hint}")
+            raise ConfigError(f"{key}: unknown timm model '{name}'{hint}")
         if "." in name:
             try:
                 timm.models.get_pretrained_cfg(name)
             except RuntimeError:
                 tags = ", ".join(TIMM + t for t in timm.list_pretrained(name.split(".")[0] + ".*")[:4])
-                raise ConfigError(f"train.arch: timm has no pretrained tag '{name}'"
+                raise ConfigError(f"{key}: timm has no pretrained tag '{name}'"
                                   f"{f' (it has {tags})' if tags else ''}") from None
         return
     archs = torchvision.models.list_models(module=torchvision.models)
     if arch not in archs:
         close = difflib.get_close_matches(arch, archs, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"train.arch: unknown torchvision classification model '{arch}'{hint}; "
+        raise ConfigError(f"{key}: unknown torchvision classification model '{arch}'{hint}; "
                           f"timm's models are named timm/<name>")
 
 

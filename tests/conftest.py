@@ -81,7 +81,7 @@ def new_project(repo: Path, pipeline: dict) -> None:
     sh([DVC, "config", "core.analytics", "false"], repo)
 
 
-ALL_STAGES = ("demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict")
+ALL_STAGES = ("demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict", "audit")
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,11 @@ from imgclf.template import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load(PIPELINE.read_text())
-STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict"]
+STAGES = ["demo", "split", "decode", "compute_weights", "train", "evaluate", "export", "predict", "audit"]
 # Each stage's params section is a config class in the module named after the stage.
 CONFIGS = {"demo": "DemoConfig", "split": "SplitConfig", "decode": "DecodeConfig",
            "compute_weights": "ComputeWeightsConfig", "train": "TrainConfig", "evaluate": "EvaluateConfig",
-           "export": "ExportConfig", "predict": "PredictConfig"}
+           "export": "ExportConfig", "predict": "PredictConfig", "audit": "AuditConfig"}
 TORCH_FREE = ["demo", "split", "decode", "compute_weights"]
 
 # One process probes every stage: for each, a forked child runs the stage exactly as dvc.yaml does
@@ -112,8 +112,11 @@ def test_stages_without_a_model_do_not_import_torch(name):
     assert stage_imports(name)["torch"] is False
 
 
-# Keys a stage reads from another stage's section: model.onnx does predict's test-time augmentation.
-BORROWED = {"export": ["predict.tta"]}
+# Keys a stage reads from another stage's section: model.onnx does predict's test-time augmentation; the audit's
+# features are those of the train stage's backbone, on images prepared as train's are.
+BORROWED = {"export": ["predict.tta"],
+            "audit": ["train.arch", "train.pretrained", "train.mean", "train.std", "train.input_size",
+                      "decode.image_size", "decode.resize", "decode.reducing_gap"]}
 
 
 @pytest.mark.parametrize("name", STAGES)
