@@ -48,8 +48,8 @@ mark("import")
 if name == "stages.train":
     import imgclf.fit, imgclf.train
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    epoch, fit, hooks = imgclf.fit.train_one_epoch, imgclf.train.fit, []
-    def train_one_epoch(*args, **kwargs):
+    epoch, fit, hooks = imgclf.fit.run_epoch, imgclf.train.fit, []
+    def run_epoch(*args, **kwargs):
         if len(marks) == 2:
             mark("set-up")
         return epoch(*args, **kwargs)
@@ -57,7 +57,7 @@ if name == "stages.train":
         mark("first step"); hooks.pop().remove()
     def timed_fit(*args, **kwargs):
         result = fit(*args, **kwargs); mark("epochs"); return result
-    imgclf.fit.train_one_epoch, imgclf.train.fit = train_one_epoch, timed_fit
+    imgclf.fit.run_epoch, imgclf.train.fit = run_epoch, timed_fit
     hooks.append(register_optimizer_step_post_hook(first_step))
 sys.modules["__main__"].main = module.main  # the stage is the program, as under `python -m`
 module.main()

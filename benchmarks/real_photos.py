@@ -41,16 +41,25 @@ def source(name: str) -> Image.Image:
     return Image.fromarray(pixels).convert("RGB")
 
 
-def photo(name: str, seed: int, min_area: float = 0.1, max_area: float = 0.8) -> Image.Image:
-    """A random crop of source photo `name`, jittered as a camera and an editor would, at a photo-like size."""
-    rng = np.random.default_rng(seed)
-    image = source(name)
-    width, height = image.size
+def _crop(rng: np.random.Generator, name: str, min_area: float, max_area: float) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a random crop of source photo `name`, drawn from `rng`."""
+    width, height = source(name).size
     area = width * height * rng.uniform(min_area, max_area)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
     w, h = min(width, int(round(np.sqrt(area * aspect)))), min(height, int(round(np.sqrt(area / aspect))))
-    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-    image = image.crop((left, top, left + w, top + h))
+    return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+
+
+def crop_box(name: str, seed: int, min_area: float = 0.1, max_area: float = 0.8) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of photo(name, seed)'s crop in its source photo: the ground truth of overlap."""
+    return _crop(np.random.default_rng(seed), name, min_area, max_area)
+
+
+def photo(name: str, seed: int, min_area: float = 0.1, max_area: float = 0.8) -> Image.Image:
+    """A random crop of source photo `name`, jittered as a camera and an editor would, at a photo-like size."""
+    rng = np.random.default_rng(seed)
+    left, top, w, h = _crop(rng, name, min_area, max_area)
+    image = source(name).crop((left, top, left + w, top + h))
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     image = image.rotate(float(rng.uniform(-12, 12)), Image.Resampling.BILINEAR, expand=False)

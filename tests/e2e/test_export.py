@@ -175,8 +175,9 @@ def test_parity_failure_is_one_line_and_leaves_no_model(tmp_path, test_csv, monk
     from imgclf import export as export_module
     from imgclf.errors import DataError
 
-    real = export_module.OnnxClassifier.logits
-    monkeypatch.setattr(export_module.OnnxClassifier, "logits", lambda self, images: real(self, images) + 0.01)
+    real = export_module.OnnxClassifier.run
+    monkeypatch.setattr(export_module.OnnxClassifier, "run",
+                        lambda self, images: (real(self, images)[0] + 0.01, real(self, images)[1]))
     with pytest.raises(DataError, match="ONNX Runtime disagrees with PyTorch"):
         export_module.export_model(checkpoint_of(tmp_path, "resnet18"), test_csv, tmp_path / "model.onnx",
                                    export_cfg())

@@ -67,7 +67,8 @@ def test_repro_writes_every_artifact(repo):
     predictions = pd.read_csv(repo / "reports/predictions.csv", dtype=str)
     unlabeled = list((repo / "data/predict").iterdir())
     assert len(predictions) == len(unlabeled) > 0 and set(predictions["status"]) == {"ok"}
-    assert list(predictions.columns) == ["path", "prediction", "confidence", "prob_0", "prob_1", "prob_2", "status"]
+    assert list(predictions.columns) == ["path", "prediction", "confidence", "prob_0", "prob_1", "prob_2", "distance",
+                                          "status"]
 
     live = json.loads((repo / "dvclive/metrics.json").read_text())
     assert live["epochs_run"] == 2 and live["best_epoch"] == checkpoint["best_epoch"]
@@ -89,16 +90,23 @@ def test_each_param_and_module_makes_only_its_readers_stale(repo):
                                ({"evaluate": {"batch_size": 64}}, ["evaluate"]),
                                ({"predict": {"batch_size": 8}}, ["predict"]),
                                ({"split": {"seed": 7}}, ["split"]),
-                               ({"decode": {"image_size": 24}}, ["decode"]),
+                               ({"decode": {"image_size": 24}}, ["audit", "decode"]),  # the audit's features too
+                               ({"audit": {"folds": 3}}, ["audit"]),
                                ({"compute_weights": {"scheme": "none"}}, ["compute_weights"])]:
             set_params(repo, changes)
             assert stale_stages(repo) == stale, changes
             (repo / "params.yaml").write_text(original)
-        touch(repo / "imgclf/compute_weights.py")  # train reads weights.json through it
-        assert stale_stages(repo) == ["compute_weights", "train"]
+        # train reads weights.json through weights_file.py, not the module that writes it
+        for module, stale in [("imgclf/compute_weights.py", ["compute_weights"]),
+                              ("imgclf/weights_file.py", ["train"]),
+                              ("imgclf/store/reader.py", ["train"]),  # the store's reader is train's alone
+                              ("imgclf/store/writer.py", ["decode"])]:  # and its writer decode's
+            touch(repo / module)
+            assert stale_stages(repo) == stale, module
+            sh(["git", "checkout", "--", module], repo)
     finally:
         (repo / "params.yaml").write_text(original)
-        sh(["git", "checkout", "--", "imgclf/compute_weights.py"], repo)
+        sh(["git", "checkout", "--", "imgclf"], repo)
     assert stale_stages(repo) == []
 
 
@@ -142,6 +150,22 @@ def test_experiment_reruns_only_training_and_reports_the_change(repo):
                   "Test confusion matrix (normalised", "Test F1 per class", "Images per class in each split",
                   "Reliability diagram", "mistakes.png"):
         assert title in html, title
+
+    # The README's way back to the committed baseline: its params, code and outputs, nothing stale.
+    sh(["bash", "-c", readme_line("git restore . && dvc checkout")], repo)
+    assert json.loads(sh([DVC, "params", "diff", "--json"], repo).stdout) == {}
+    assert json.loads(sh([DVC, "metrics", "diff", "--json"], repo).stdout) == {}
+    assert json.loads(sh([DVC, "status", "--json"], repo).stdout) == {}
+    assert "0.01" in json.dumps(json.loads(sh([DVC, "exp", "show", "--json"], repo).stdout))  # still listed
+
+
+def readme_line(command: str) -> str:
+    """`command` as the README's experiments block has it (so the README cannot drift from what is tested)."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Experiments"):]
+    assert command in block, f"the README's experiments block no longer says `{command}`"
+    return command.replace("dvc ", f"{DVC} ", 1) if command.startswith("dvc ") else command.replace("&& dvc ",
+                                                                                                     f"&& {DVC} ")
 
 
 def experiments_in(shown):

@@ -7,7 +7,7 @@ import subprocess
 import yaml
 
 from imgclf.template import PIPELINE
-from tests.conftest import DVC, ROOT, TINY, new_project, set_params, sh, write_png
+from tests.conftest import DVC, ROOT, TINY, new_project, offline_hub_with_lite0, set_params, sh, write_png
 
 PHOTOS, UNLABELED = "/path/to/your/photos", "/path/to/unlabeled"
 
@@ -19,9 +19,12 @@ def readme_block(heading: str) -> str:
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readmes_own_data_commands_train_exactly_the_users_classes(tmp_path):
+def test_the_readmes_own_data_commands_train_exactly_the_users_classes(tmp_path, monkeypatch):
     block = readme_block("## Using your own images")
     assert PHOTOS in block and UNLABELED in block  # the two paths a user replaces
+    # `train.pretrained=default` downloads timm's weights once; here they are already in the Hub's cache.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(offline_hub_with_lite0(tmp_path / "hub")))
 
     # A fresh clone on which the user already ran the demo, and committed.
     repo = tmp_path / "project"
@@ -43,6 +46,8 @@ def test_the_readmes_own_data_commands_train_exactly_the_users_classes(tmp_path)
     script = block.replace(PHOTOS, f"'{photos}'").replace(UNLABELED, f"'{unlabeled}'")
     result = sh(["bash", "-euo", "pipefail", "-c", script], repo)
     assert "removed the `demo` stage" in result.stdout
+    assert "params.yaml: train.arch resnet18 -> timm/tf_efficientnet_lite0" in result.stdout  # set before repro
+    assert "features of the frozen backbone: " in result.stdout and "audit of " in result.stdout
 
     assert json.loads((repo / "data/split/classes.json").read_text()) == ["fern", "moss", "tulip"]
     assert not list((repo / "data/raw").glob("[0-9]"))  # no digit left behind
