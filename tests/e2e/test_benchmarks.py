@@ -126,3 +126,33 @@ def test_the_benchmark_runs_tiny_with_both_budgets():
                           "--file-size", "24", "--image-size", "16", "--set", "arch=shufflenet_v2_x0_5"])
     assert [row["variant"] for row in tables["equal_epochs"]] == ["baseline", "modern"]
     assert [row["variant"] for row in tables["equal_time"]] == ["baseline", "modern"]
+
+
+def test_features_benchmark_times_the_three_train_runs():
+    from benchmarks import features
+
+    table = features.main(["--photos", "24", "--epochs", "2", "--image-size", "32"])
+    values = {what.split(": ", 1)[1]: value for _, what, value in table.rows}
+    assert "features 0 computed" in values["features once, again (train.lr changed)"]
+    assert "features none" in values["through the frozen backbone, every epoch"]
+    assert values["through the backbone / features once"].strip().endswith("x")
+
+
+def test_guard_benchmark_refuses_noise_and_counts_it():
+    from benchmarks import guard
+
+    table = guard.main(["--seeds", "2", "--sizes", "20", "--classes", "2", "--demo-seeds", "0", "--photo-seeds", "1"])
+    rows = {what: value for _, what, value in table.rows}
+    noise = next(value for what, value in rows.items() if what.startswith("noise, 2 classes"))
+    assert noise.split()[0] == "refused" and "2 seeds" in next(w for w in rows if w.startswith("noise"))
+    assert any(what.startswith("600 real photos") for what in rows)
+
+
+def test_audit_benchmark_scores_every_list_at_a_tiny_size():
+    from benchmarks import audit
+
+    table = audit.main(["--per-class", "12", "--scale", "500", "--scratch-epochs", "1", "--image-size", "32"])
+    measured = [what for _, what, _ in table.rows]
+    assert sum("label issues" in what for what in measured) == 3  # 5%, 10%, and the scratch model's features
+    assert sum("unknown" in section for section, _, _ in table.rows) == 2
+    assert sum(section == "scale" for section, _, _ in table.rows) == 3
