@@ -271,3 +271,28 @@ def test_input_size_crops_the_stored_images_and_travels_with_the_model(prepared,
     images, errors = next(image_batches([path], geometry, batch_size=4))
     assert images.shape == (1, 3, 12, 12) and errors == [""]
     assert np.array_equal(images[0], geometry.load(path))
+
+
+def test_the_closing_line_says_when_the_last_epoch_was_the_best():
+    from imgclf.fit import FitResult
+    from imgclf.train import best_epoch_words
+
+    history = [{"val_loss": 1.0 - 0.1 * e, "val_f1": 0.5} for e in range(6)]
+    cfg = tiny_config(epochs=6)
+    assert best_epoch_words(cfg, FitResult(6, 6, 0.5, history)) == \
+        "best epoch 6 of 6 (val_loss 0.5000); still improving: more epochs may help"
+    assert best_epoch_words(cfg, FitResult(4, 6, 0.7, history)) == "best epoch 4 of 6 (val_loss 0.7000)"
+    assert "still improving" not in best_epoch_words(tiny_config(epochs=9), FitResult(6, 6, 0.5, history))  # stopped
+
+
+def test_every_epoch_line_says_its_seconds_and_images_per_second(capsys):
+    import re
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))] * 3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(toy_run(model, data, data, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1)), epochs=2, patience=5,
+        monitor="val_loss")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(re.search(r"  \d+\.\d s \(\d+ img/s\)", line) for line in lines), lines
