@@ -203,14 +203,14 @@ def cached_features(cfg: TrainConfig, world: World, model: nn.Module, data: Spli
     """
     store_id = feature_set_id(model, cfg.arch, data.pixels, preprocessing.mean, preprocessing.std)
     tables, counts = {}, FeatureCounts(0, 0)
-    for turn in ("main", "others"):
-        if (turn == "main") == world.is_main or features_dir is None:
+    for rank_zero_turn in (True, False):  # rank 0 first, the others once it has written what they read
+        if world.is_main == rank_zero_turn:
             store = FeatureStore(features_dir, store_id)
             for split, images in (("train", data.cropped_train), ("val", data.val_images)):
                 tables[split], done = features_of(model, images, images.content_keys(), prepare, store,
                                                   cfg.batch_size, desc=f"features {split}")
                 counts += done
-        world.broadcast(None)  # rank 0 has written what the others read
+        world.broadcast(None)
     train_batches = make_train_batches(tables["train"], data.train["target"], cfg.balance, cfg.batch_size,
                                        class_weights, generator, device, world, cfg.seed)
     val_batches = make_val_batches(tables["val"], data.val["target"], cfg.batch_size, device, world)

@@ -102,3 +102,16 @@ def test_a_second_run_reuses_every_feature(prepared, capsys):
     out = capsys.readouterr().out
     assert f"features of the frozen backbone: {train + val} computed, 0 reused" in out
     assert f"features of the frozen backbone: 0 computed, {train + val} reused" in out
+
+
+def test_features_are_computed_once_per_run_even_without_a_store(prepared, monkeypatch):
+    from imgclf import features as features_module
+
+    classes = json.loads((prepared / "split/classes.json").read_text())
+    calls = []
+    real = features_module.compute_features
+    monkeypatch.setattr(features_module, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = train_model(tiny_train_config(epochs=1, freeze_epochs=1), prepared / "split/train.csv",
+                         prepared / "split/val.csv", prepared / "decoded", classes, [1.0, 2.0, 3.0], prepared / "m.pt")
+    images = sum(len((prepared / f"split/{name}.csv").read_text().splitlines()) - 1 for name in ("train", "val"))
+    assert (result.features.computed, result.features.reused) == (images, 0) and len(calls) == 2  # train, val
