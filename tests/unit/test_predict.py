@@ -3,7 +3,9 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from imgclf.template import PARAMS
@@ -114,3 +116,15 @@ def test_images_far_from_every_training_image_are_unknown_and_their_distance_is_
     assert frame.loc[[p.as_posix() for p in others], "status"].tolist() == ["unknown"] * 2
     assert (frame.loc[[p.as_posix() for p in known], "distance"] < 1e-4).all()
     assert (frame.loc[[p.as_posix() for p in others], "prediction"].isin(["a", "b", "c"])).all()  # still given
+
+
+def test_the_unknown_threshold_sets_far_out_reference_distances_aside():
+    """Validation images are mostly close to the training images; one of no class among them (at 0.9) must not
+    raise the 0.99 quantile to itself."""
+    from imgclf.classifier import Classifier
+
+    reference = list(np.linspace(0.05, 0.15, 99)) + [0.9]
+    classifier = Classifier(["a"], None, lambda images: (None, None), reference)
+    assert classifier.unknown_threshold(0.99) == pytest.approx(np.quantile(reference[:99], 0.99))
+    assert classifier.unknown_threshold(None) == float("inf")
+    assert Classifier(["a"], None, lambda images: (None, None)).unknown_threshold(0.99) == float("inf")
