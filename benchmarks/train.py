@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import Table, image_folder_files, machine_line, write_photos
-from imgclf.augment.input import AugmentConfig, TrainInput
+from imgclf.augment.config import AugmentConfig
+from imgclf.augment.input import TrainInput
 from imgclf.config import load_section
 from imgclf.decode import DecodeConfig, decode_split
 from imgclf.demo import DemoConfig, write_demo

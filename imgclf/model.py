@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+import torch
 import torchvision
 from torch import nn
 
@@ -232,3 +233,15 @@ def build_pretrained(arch: str, num_classes: int, dropout: float,
 def build_model(arch: str, num_classes: int, dropout: float, pretrained: str = "none") -> nn.Module:
     """Build `arch` (torchvision's or timm/<name>) with `pretrained` weights and a new output layer for our classes."""
     return build_pretrained(arch, num_classes, dropout, pretrained)[0]
+
+
+def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
+    """Refuse, before any training, an architecture that cannot take `image_size` images (ViT wants its own size)."""
+    needed = getattr(model, "image_size", None)  # torchvision's VisionTransformer declares it
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, image_size, image_size))
+    except Exception as err:  # the architecture's own complaint, e.g. "Wrong image height! Expected 224 but got 64"
+        size = f"{needed} px" if needed else "a larger size"
+        raise ConfigError(f"train.arch: {arch} cannot take {image_size} px images ({str(err).splitlines()[0][:120]}); "
+                          f"it needs {size}: set decode.image_size accordingly") from None

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from imgclf.model import output_layer
 
-if TYPE_CHECKING:
-    from imgclf.train import TrainConfig
+
+class Hyperparameters(Protocol):
+    """The train params these read (train.TrainConfig has them all)."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    norm_weight_decay: float | None
+    backbone_lr_factor: float
+    scheduler: str
+    epochs: int
+    warmup_epochs: int
+    step_size: int
+    gamma: float
 
 
-def parameter_groups(cfg: "TrainConfig", model: nn.Module) -> list[dict] | list[nn.Parameter]:
+def parameter_groups(cfg: Hyperparameters, model: nn.Module) -> list[dict] | list[nn.Parameter]:
     """The optimizer's parameter groups: the output layer's first, then the backbone's at lr x backbone_lr_factor,
     each split into decayed weights and norm-layer weights and biases at norm_weight_decay.
 
@@ -39,7 +52,7 @@ def parameter_groups(cfg: "TrainConfig", model: nn.Module) -> list[dict] | list[
             for (is_head, is_norm), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
 
 
-def make_optimizer(cfg: "TrainConfig", params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Hyperparameters, params) -> torch.optim.Optimizer:
     """Adam (the classic recipe), AdamW or SGD with momentum, as `cfg.optimizer` says (groups may set their own lr)."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -48,7 +61,7 @@ def make_optimizer(cfg: "TrainConfig", params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: "TrainConfig", optimizer: torch.optim.Optimizer,
+def make_scheduler(cfg: Hyperparameters, optimizer: torch.optim.Optimizer,
                    steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
     """The learning-rate schedule of `cfg.scheduler` with its warmup; returns (scheduler, steps per batch?)."""
     sched = torch.optim.lr_scheduler

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclf.augment.input import AugmentConfig, TrainInput
+from imgclf.augment.config import AugmentConfig
+from imgclf.augment.input import TrainInput
 from imgclf.augment.mixing import BatchMix
 from imgclf.baseline import MIN_IMAGES, learned_nothing, prior_loss
 from imgclf.calibration import Calibration, calibrate
@@ -30,7 +31,7 @@ from imgclf.errors import ConfigError, TrainingError
 from imgclf.features import FeatureCounts, FeatureStore, feature_set_id, features_of
 from imgclf.fit import CachedFeatures, FitResult, TrainingRun, all_logits, fit
 from imgclf.inference import autocast_dtype, select_device
-from imgclf.model import Preprocessing, build_pretrained, check_arch, classifier_head
+from imgclf.model import Preprocessing, build_pretrained, check_arch, check_image_size, classifier_head
 from imgclf.novelty import fit_model as fit_novelty
 from imgclf.optim import make_optimizer, make_scheduler, parameter_groups
 from imgclf.resume import EverySeconds, Fingerprint, StateWriter, load_state, remove_state
@@ -147,18 +148,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def check_image_size(model: nn.Module, arch: str, image_size: int) -> None:
-    """Refuse, before any training, an architecture that cannot take `image_size` images (ViT wants its own size)."""
-    needed = getattr(model, "image_size", None)  # torchvision's VisionTransformer declares it
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, 3, image_size, image_size))
-    except Exception as err:  # the architecture's own complaint, e.g. "Wrong image height! Expected 224 but got 64"
-        size = f"{needed} px" if needed else "a larger size"
-        raise ConfigError(f"train.arch: {arch} cannot take {image_size} px images ({str(err).splitlines()[0][:120]}); "
-                          f"it needs {size}: set decode.image_size accordingly") from None
 
 
 def training_device(cfg: TrainConfig, world: World) -> torch.device:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from imgclf.augment.config import AugmentConfig
 from imgclf.augment.device import memory_format_of, to_device
-
-if TYPE_CHECKING:
-    from imgclf.augment.input import AugmentConfig
 
 
 class BatchRandomAffine:

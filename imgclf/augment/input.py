@@ -1,4 +1,4 @@
-"""The training input: AugmentConfig (train.augment's params) and TrainInput, which composes the recipe's parts.
+"""The training input: TrainInput composes the recipe's parts as train.augment (augment.config) says.
 
 Random resized crop (crop.py), an augmentation policy (policy.py) on pixel values, then normalisation,
 random rotation / shift / zoom / flip (affine.py) and random erasing (erasing.py), as torchvision's
@@ -7,36 +7,15 @@ reference orders them. MixUp/CutMix (mixing.py) need the targets: the epoch loop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from imgclf.augment.affine import BatchRandomAffine
+from imgclf.augment.config import AugmentConfig
 from imgclf.augment.crop import BatchRandomResizedCrop
 from imgclf.augment.erasing import BatchRandomErasing
 from imgclf.augment.policy import BatchAugmentPolicy
-from imgclf.config import param
 from imgclf.images import BACKGROUND
 from imgclf.transforms import ModelInput
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation switches (validation and test never see them)."""
-
-    hflip: bool = param("random horizontal flip (off for digits and text)")
-    rotation: float = param("max random rotation in degrees", ge=0, le=180)
-    translate: float = param("max random shift as a fraction of the image side", ge=0, lt=0.5)
-    scale: float = param("max random zoom in or out as a fraction (0.1 = 0.9x..1.1x)", ge=0, lt=1)
-    crop_scale: float = param("random resized crop: min fraction of the image's area kept (torchvision's "
-                              "scale=(crop_scale, 1); 1.0 = off)", gt=0, le=1)
-    crop_ratio: float = param("random resized crop: max aspect ratio; crops have aspects in "
-                              "[1/crop_ratio, crop_ratio] (torchvision's (3/4, 4/3) is 1.3333)", ge=1)
-    policy: Literal["none", "trivial_wide", "randaugment", "autoaugment"] = param(
-        "augmentation policy, as torchvision's TrivialAugmentWide, RandAugment, AutoAugment (ImageNet)")
-    erasing: float = param("random erasing probability per image (torchvision's RandomErasing; 0 = off)",
-                           ge=0, le=1)
 
 
 class TrainInput:

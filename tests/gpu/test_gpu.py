@@ -69,7 +69,7 @@ def test_precision_auto_is_native_bf16_or_fp16():
 def test_a_training_epoch_never_waits_for_the_gpu():
     """Under set_sync_debug_mode("error") any synchronising call raises: none in a whole epoch of 10 steps."""
     from imgclf.augment.affine import BatchRandomAffine
-    from imgclf.augment.input import AugmentConfig
+    from imgclf.augment.config import AugmentConfig
     from imgclf.fit import TrainingRun, train_epoch_on_device
     from imgclf.inference import autocast_dtype
     from imgclf.model import build_model

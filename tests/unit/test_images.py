@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from imgclf.augment.affine import BatchRandomAffine
-from imgclf.augment.input import AugmentConfig
+from imgclf.augment.config import AugmentConfig
 from imgclf.images import Geometry, center_crop, load_image, load_resized, to_rgb
 from imgclf.transforms import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 
