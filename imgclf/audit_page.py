@@ -108,7 +108,8 @@ def render(result, test_predictions: str | os.PathLike | None, predictions: str 
     review = review_rows(_read(predictions))
     sections.append(_section("to-review", "Predictions to review: unknown (of no class), then uncertain", [
         _card(r.path, [f"<b>{html.escape(str(r.status))}</b>: {html.escape(str(r.prediction))} "
-                       f"({float(r.confidence):.3f})"])
+                       f"({float(r.confidence):.3f})" + (f", distance {r.distance}" if getattr(r, "distance", "")
+                                                          not in ("", None) else "")])
         for r in review.head(limit).itertuples(index=False)], len(review), "reports/predictions.csv"))
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>Data audit</title><style>{STYLE}</style>'
             f'</head><body><h1>Data audit</h1><p>Features from {html.escape(result.backbone)}. The audit changes '

@@ -345,7 +345,8 @@ def fit(run: TrainingRun, *, epochs: int, patience: int, monitor: str, freeze_ep
         metrics, timing = run_epoch(run, epoch, epochs, steps_per_epoch)
         history.append(metrics)
         improved = stopper.update(metrics[monitor], run.evaluator, epoch)
-        say(f"epoch {epoch}/{epochs}: train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+        # Losses to 4 significant digits: near 0, `*best` for a loss printed as 0.0000 would look like a bug.
+        say(f"epoch {epoch}/{epochs}: train_loss {metrics['train_loss']:.4g}  val_loss {metrics['val_loss']:.4g}  "
             f"val_f1 {metrics['val_f1']:.4f}  lr {metrics['lr']:.2e}  {timing}{'  *best' if improved else ''}")
         on_epoch(metrics)
         if save_state is not None:

@@ -8,7 +8,9 @@ weights meta, or the TensorFlow port's 0.5 / 0.5 for efficientnet_pytorch's layo
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -165,21 +167,59 @@ def check_arch(arch: str, key: str = "train.arch") -> None:
                           f"timm's models are named timm/<name>")
 
 
+def _first_sentence(err: Exception) -> str:
+    """`Type: the first sentence of its message` (a library's multi-line advice would bury the one line)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    sentence = text.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {sentence[:200]}" if sentence else type(err).__name__
+
+
+@contextlib.contextmanager
+def _hub_quietly(offline: bool):
+    """The Hugging Face Hub's client quiet (its retry warnings are not the user's business), and offline if asked:
+    the cache alone, read without a network round trip."""
+    import huggingface_hub.constants
+    from huggingface_hub.utils import logging as hub_logging
+
+    saved_offline, saved_level = huggingface_hub.constants.HF_HUB_OFFLINE, hub_logging.get_verbosity()
+    loggers = [logging.getLogger(name) for name in ("urllib3", "httpx", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    huggingface_hub.constants.HF_HUB_OFFLINE = saved_offline or offline
+    hub_logging.set_verbosity_error()
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = saved_offline
+        hub_logging.set_verbosity(saved_level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _timm_model(arch: str, num_classes: int, dropout: float, pretrained: bool) -> nn.Module:
     """timm's model with `num_classes` outputs and `dropout` before them (timm's drop_rate); its default weights
-    (through timm's own download and cache: the Hugging Face Hub) when `pretrained`, the new classifier aside."""
+    (through timm's own download and cache: the Hugging Face Hub) when `pretrained`, the new classifier aside.
+
+    The cache is tried first, offline: weights downloaded once load without a network round trip.
+    """
     import timm
 
     name = arch[len(TIMM):]
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout)
-    except Exception as err:  # offline and not in the cache, the Hub unreachable, a file missing from it
-        if not pretrained:
-            raise
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"train.pretrained: cannot get timm's default weights for {name} from the Hugging Face "
-                          f"Hub (offline? {type(err).__name__}: {first}); download them once where there is a "
-                          f"network, or set train.pretrained to a local weights file") from None
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=dropout)
+    with _hub_quietly(offline=True):
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=dropout)
+        except Exception:  # not in the cache: download them
+            pass
+    with _hub_quietly(offline=False):
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=dropout)
+        except Exception as err:  # offline and not in the cache, the Hub unreachable, a file missing from it
+            raise ConfigError(f"train.pretrained: cannot get timm's default weights for {name} from the Hugging "
+                              f"Face Hub (offline? {_first_sentence(err)}); download them once where there is a "
+                              f"network, or set train.pretrained to a local weights file") from None
 
 
 def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
@@ -189,9 +229,8 @@ def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
     try:
         return torchvision.models.get_model(arch, weights="DEFAULT")
     except Exception as err:  # no network and nothing in torch's cache
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(f"train.pretrained: cannot get torchvision's default weights for {arch} (offline? "
-                          f"{type(err).__name__}: {first}); download them once where there is a network, or set "
+                          f"{_first_sentence(err)}); download them once where there is a network, or set "
                           f"train.pretrained to a local weights file") from None
 
 

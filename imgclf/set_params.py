@@ -63,6 +63,16 @@ def find_line(lines: list[str], dotted: str) -> int:
     raise ConfigError(f"{dotted}: no such key in params.yaml")  # pragma: no cover (parts is never empty)
 
 
+def _opens_a_group(lines: list[str], index: int) -> bool:
+    """True when the key on lines[index] has no value of its own because keys indented under it follow (a blank
+    value alone is YAML's null, as `dvc exp run -S` writes it)."""
+    indent = len(lines[index]) - len(lines[index].lstrip(" "))
+    for line in lines[index + 1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            return len(line) - len(line.lstrip(" ")) > indent
+    return False
+
+
 def as_yaml(value) -> str:
     """A value as it is written on one params.yaml line."""
     return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
@@ -86,7 +96,7 @@ def set_values(path: str | Path, assignments: list[str]) -> list[str]:
             raise ConfigError(f"{key}: {text!r} is not a YAML value") from None
         index = find_line(lines, key)
         match = LINE.match(lines[index].rstrip("\n"))
-        if not match["value"].strip():
+        if not match["value"].strip() and _opens_a_group(lines, index):
             raise ConfigError(f"{key}: a group of params, not one value; set its keys one by one")
         if yaml.safe_load(match["value"]) == value:
             continue
@@ -96,7 +106,7 @@ def set_values(path: str | Path, assignments: list[str]) -> list[str]:
             comment = " " * max(1, len(match["value"]) + len(comment) - len(comment.lstrip()) - len(new)) + \
                 comment.lstrip()
         lines[index] = f"{match['indent']}{match['key']}:{match['gap'] or ' '}{new}{comment}\n"
-        changed.append(f"{path}: {key} {match['value'].strip()} -> {new}")
+        changed.append(f"{path}: {key} {match['value'].strip() or 'null'} -> {new}")
     if not changed:
         return []
     data = yaml.safe_load("".join(lines))

@@ -311,7 +311,7 @@ def best_epoch_words(cfg: TrainConfig, fitted: FitResult) -> str:
     monitored = fitted.history[fitted.best_epoch - 1][cfg.monitor] if fitted.best_epoch else fitted.best_value
     still = "; still improving: more epochs may help" if fitted.best_epoch == fitted.epochs_run == cfg.epochs \
         and cfg.epochs > 1 else ""
-    return f"best epoch {fitted.best_epoch} of {fitted.epochs_run} ({cfg.monitor} {monitored:.4f}){still}"
+    return f"best epoch {fitted.best_epoch} of {fitted.epochs_run} ({cfg.monitor} {monitored:.4g}){still}"
 
 
 def train_model(cfg: TrainConfig, train_csv: str | os.PathLike, val_csv: str | os.PathLike,

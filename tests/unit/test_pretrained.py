@@ -210,3 +210,22 @@ def test_default_weights_offline_are_one_line_saying_how_to_use_a_file(tmp_path,
     with pytest.raises(ConfigError, match=r"cannot get torchvision's default weights for resnet18 \(offline\? "
                                           r"URLError"):
         build_model("resnet18", 3, 0.0, pretrained="default")
+
+
+def test_default_weights_in_the_hub_cache_load_without_a_network_round_trip(tmp_path, monkeypatch, lite0_file):
+    import socket
+
+    import huggingface_hub.constants
+
+    from tests.conftest import offline_hub_with_lite0
+
+    cache = offline_hub_with_lite0(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = build_model(LITE0, 3, 0.2, pretrained="default")
+    expected = build_model(LITE0, 3, 0.2, pretrained=lite0_file)
+    assert torch.equal(model.conv_stem.weight, expected.conv_stem.weight)

@@ -51,3 +51,10 @@ def test_a_bad_key_or_value_is_one_line_and_the_file_stays(params, assignment, m
     with pytest.raises(ConfigError, match=re.escape(message)):
         set_values(params, ["decode.image_size=64", assignment])
     assert params.read_text() == text
+
+
+def test_a_blank_value_is_null_as_dvc_exp_run_writes_it(params):
+    """`dvc exp run -S` rewrites params.yaml with `mean:` for null: set_params must still set it."""
+    params.write_text(params.read_text().replace("  mean: null ", "  mean: "))
+    assert set_values(params, ["train.mean=[0.5,0.5,0.5]"]) == [f"{params}: train.mean null -> [0.5, 0.5, 0.5]"]
+    assert yaml.safe_load(params.read_text())["train"]["mean"] == [0.5, 0.5, 0.5]

@@ -280,8 +280,8 @@ def test_the_closing_line_says_when_the_last_epoch_was_the_best():
     history = [{"val_loss": 1.0 - 0.1 * e, "val_f1": 0.5} for e in range(6)]
     cfg = tiny_config(epochs=6)
     assert best_epoch_words(cfg, FitResult(6, 6, 0.5, history)) == \
-        "best epoch 6 of 6 (val_loss 0.5000); still improving: more epochs may help"
-    assert best_epoch_words(cfg, FitResult(4, 6, 0.7, history)) == "best epoch 4 of 6 (val_loss 0.7000)"
+        "best epoch 6 of 6 (val_loss 0.5); still improving: more epochs may help"
+    assert best_epoch_words(cfg, FitResult(4, 6, 0.7, history)) == "best epoch 4 of 6 (val_loss 0.7)"
     assert "still improving" not in best_epoch_words(tiny_config(epochs=9), FitResult(6, 6, 0.5, history))  # stopped
 
 
