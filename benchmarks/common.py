@@ -109,8 +109,12 @@ def image_folder_files(root: Path) -> tuple[list[str], list[int], list[str]]:
     return [p for p, _ in folder.samples], [t for _, t in folder.samples], folder.classes
 
 
-def run_stage(stage: str, args: list[str]) -> tuple[float, int, str]:
-    """Run `python -m stages.<stage> args` from the repository root: (seconds, peak RSS in MiB, output)."""
+def run_stage(stage: str, args: list[str], cwd: Path) -> tuple[float, int, str]:
+    """Run `python -m stages.<stage> args` of this checkout in the folder `cwd`: (seconds, peak RSS in MiB, output).
+
+    Never in the checkout itself: a stage there would open its DVC project (DVCLive does, to name an
+    experiment) and write into the user's workspace.
+    """
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
     # large benchmark process would report at least that process's size.
     # A stage leaves by os._exit after a clean finish (errors.leave_now): the peak is printed there too.
@@ -122,8 +126,9 @@ def run_stage(stage: str, args: list[str]) -> tuple[float, int, str]:
              "try:\n    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
              "finally:\n    peak()")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", probe, f"stages.{stage}", *args], cwd=ROOT, capture_output=True,
-                          text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", probe, f"stages.{stage}", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"stages.{stage} {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")

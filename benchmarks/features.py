@@ -61,7 +61,7 @@ def train(work: Path, base: Path, name: str, **changes) -> dict:
         "--params", str(path), "--split", str(work / "split"), "--decoded", str(work / "decoded"),
         "--weights", str(work / "weights.json"), "--model", str(work / name / "model.pt"),
         "--live", str(work / name / "live"), "--state", str(work / name / "state.pt"),
-        "--features", str(work / "features")])
+        "--features", str(work / "features")], work)
     summary = json.loads((work / name / "live/metrics.json").read_text())
     found = re.search(r"features of the frozen backbone: (\d+) computed, (\d+) reused", output)
     return {"seconds": seconds, "peak": peak, "val_f1": summary["val_f1"], "val_loss": summary["val_loss"],

@@ -42,7 +42,7 @@ def bench_predict(table: Table, root: Path, models: dict[str, Path], work: Path,
     for name, model in models.items():
         def run(folder: Path) -> tuple[float, int]:
             seconds, peak, _ = run_stage("predict", ["--params", str(params), "--model", str(model), "--input",
-                                                     str(folder), "--output", str(work / "predictions.csv")])
+                                                     str(folder), "--output", str(work / "predictions.csv")], work)
             return seconds, peak
 
         start_up = min(run(empty)[0] for _ in range(2))

@@ -59,10 +59,10 @@ def bench_cache(table: Table, root: Path, work: Path) -> None:
             "--counts", str(work / "counts"), "--validation-cache", str(cache)]
     cache.unlink(missing_ok=True)
     count = sum(1 for _ in root.rglob("*.jpg"))
-    seconds, _, _ = run_stage("split", args)
+    seconds, _, _ = run_stage("split", args, work)
     table.add("split", f"split stage, {count} imgs, first run ({os.cpu_count()} processes)", f"{seconds:8.1f} s")
     added = write_photos(root, max(count // 100, 1), 320, 240, start=10_000_000)
-    seconds, _, out = run_stage("split", args)
+    seconds, _, out = run_stage("split", args, work)
     decoded = re.search(r"(\d+) new or changed", out).group(1)
     table.add("split", f"split stage after adding {len(added)} imgs (1%)", f"{seconds:8.1f} s, decoded {decoded}")
     for path in added:

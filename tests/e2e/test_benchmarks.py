@@ -156,3 +156,15 @@ def test_audit_benchmark_scores_every_list_at_a_tiny_size():
     assert sum("label issues" in what for what in measured) == 3  # 5%, 10%, and the scratch model's features
     assert sum("unknown" in section for section, _, _ in table.rows) == 2
     assert sum(section == "scale" for section, _, _ in table.rows) == 3
+
+
+def test_transfer_benchmark_runs_dvc_repro_for_each_way_it_is_given():
+    from benchmarks import transfer
+
+    table = transfer.main(["--per-class", "6", "--sizes", "32", "--head-epochs", "2", "--finetune-epochs", "1",
+                           "--ways", "head,fine"])
+    rows = {what.split(": ", 1)[1]: value for _, what, value in table.rows}
+    assert list(rows) == [transfer.WAYS["head"], transfer.WAYS["fine"], "try first"]
+    assert all("dvc repro" in value or value.startswith("failed: ") for what, value in rows.items()
+               if what != "try first")
+    assert "(best epoch" in rows[transfer.WAYS["head"]] and "of 2)" in rows[transfer.WAYS["head"]]
