@@ -153,6 +153,13 @@ def workspace_snapshot(root: Path = ROOT) -> dict[str, tuple]:
     return snapshot
 
 
+@pytest.fixture(autouse=True)
+def scratch_working_directory(tmp_path_factory, monkeypatch):
+    """Each test runs in a fresh empty folder, never in the checkout: code that looks for a DVC project from
+    the working directory (DVCLive does, for an experiment's name) would otherwise open the user's."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def workspace_untouched():
     """Fail the run if any test created, changed or deleted a file of the checkout (its params, data, reports,
