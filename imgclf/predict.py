@@ -67,6 +67,8 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
             raise ConfigError(f"predict.tta: {tta}, but {model_path} was exported with tta {model.tta}; re-run the "
                               f"export stage (`dvc repro export`) to build predict.tta into it")
         return Classifier(model.classes, model.geometry, model.outputs, model.reference)
+    if not os.path.isfile(model_path):  # before importing torch (seconds): a missing model is said at once
+        raise DataError(f"{model_path}: model file not found (run the train stage first)")
     try:
         import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
     except ImportError:
