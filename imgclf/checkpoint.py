@@ -12,7 +12,7 @@ from torch import nn
 from imgclf.artifacts import atomic_open
 from imgclf.calibration import calibrated_probabilities
 from imgclf.classifier import Classifier
-from imgclf.errors import DataError
+from imgclf.errors import DataError, MissingModel
 from imgclf.images import Geometry
 from imgclf.inference import evaluation_precision, select_device, with_tta
 from imgclf.model import build_model
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise DataError(f"{path}: model file not found (run the train stage first)") from None
+        raise MissingModel(path, "train") from None
     except Exception as err:  # weights_only refuses anything but tensors and plain containers
         raise DataError(f"{path}: refused to load model file: not a plain-data checkpoint "
                         f"({str(err).splitlines()[0][:200]})") from None

@@ -17,3 +17,10 @@ class DataError(PipelineError):
 
 class TrainingError(PipelineError):
     """A training run whose result must not be used: a model that learned nothing."""
+
+
+class MissingModel(DataError):
+    """A model file that is not there: says which stage writes it."""
+
+    def __init__(self, path, stage: str):
+        super().__init__(f"{path}: model file not found (run the {stage} stage first)")

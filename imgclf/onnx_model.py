@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from imgclf.errors import DataError
+from imgclf.errors import DataError, MissingModel
 from imgclf.images import Geometry
 
 METADATA_FORMAT = "imgclf.onnx/1"
@@ -34,7 +34,7 @@ class OnnxClassifier:
             raise DataError(f"{path}: running an .onnx model needs onnxruntime "
                             f"(pip install -r requirements-predict.txt)") from None
         if not os.path.isfile(path):
-            raise DataError(f"{path}: model file not found (run the export stage first)")
+            raise MissingModel(path, "export")
         try:
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3  # errors only: its warnings are not the user's business

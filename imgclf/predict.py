@@ -20,7 +20,7 @@ from imgclf.artifacts import atomic_open
 from imgclf.classifier import Classifier
 from imgclf.config import Device, load_section, param
 from imgclf.entry import stage_main
-from imgclf.errors import ConfigError, DataError
+from imgclf.errors import ConfigError, DataError, MissingModel
 from imgclf.images import Geometry, list_inputs, load_input_or_error
 from imgclf.workers import worker_pool
 
@@ -68,7 +68,7 @@ def open_classifier(model_path: str | os.PathLike, device: str, precision: str =
                               f"export stage (`dvc repro export`) to build predict.tta into it")
         return Classifier(model.classes, model.geometry, model.outputs, model.reference)
     if not os.path.isfile(model_path):  # before importing torch (seconds): a missing model is said at once
-        raise DataError(f"{model_path}: model file not found (run the train stage first)")
+        raise MissingModel(model_path, "train")
     try:
         import torch  # noqa: F401  (only to say what is missing, before the checkpoint code needs it)
     except ImportError:
